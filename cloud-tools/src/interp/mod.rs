@@ -1,0 +1,356 @@
+//! A differentiable interpreter of ONNX CNN graphs on candle.
+//!
+//! The cloud side trains branches by running parts of the oracle (or of a
+//! supernet) forward and backward. [`Interpreter`] holds one model: its
+//! initializers become candle tensors, constant subgraphs are evaluated once
+//! at load, and a chosen set of initializers become trainable
+//! [`candle_core::Var`]s (everything else is frozen, so gradients never touch
+//! the originals). [`Interpreter::forward`] evaluates only the nodes needed to
+//! compute the wanted tensors from the fed ones, so a cut tensor c_i can be
+//! fed to get c_j or a branch output. [`Interpreter::export`] gives the
+//! trained values back as ONNX initializers.
+
+pub mod conv_grad;
+pub mod ops;
+pub mod params;
+pub mod value;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+
+use adaptivenet_onnx::tract_onnx::pb::{GraphProto, ModelProto, NodeProto, TensorProto};
+use adaptivenet_onnx::GraphIndex;
+use candle_core::{Device, Tensor, Var};
+
+pub use value::Value;
+
+/// Errors of the interpreter.
+#[derive(Debug, thiserror::Error)]
+pub enum InterpError {
+    #[error("op `{op}` (node {node}) is not supported by the training interpreter")]
+    Unsupported { op: String, node: String },
+    #[error("node {node} ({op}): {msg}")]
+    Node { op: String, node: String, msg: String },
+    #[error("tensor `{name}`: {msg}")]
+    Tensor { name: String, msg: String },
+    #[error("trainable parameter `{name}`: {msg}")]
+    Trainable { name: String, msg: String },
+    #[error("tensor `{name}` is needed but it was not fed and cannot be computed from the fed tensors ({fed})")]
+    NotFed { name: String, fed: String },
+    #[error("{0}")]
+    Graph(#[from] adaptivenet_onnx::Error),
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, InterpError>;
+
+/// A readable name for node `ix`: its name, or its first output.
+fn node_label(node: &NodeProto, ix: usize) -> String {
+    if !node.name.is_empty() {
+        format!("`{}`", node.name)
+    } else {
+        format!("#{ix} (output `{}`)", node.output.first().map(String::as_str).unwrap_or(""))
+    }
+}
+
+/// An ONNX model ready to run forward and backward on candle.
+pub struct Interpreter {
+    /// The model's nodes, inputs and outputs (initializers stripped: their
+    /// values live in `consts` and `vars`).
+    graph: GraphProto,
+    index: GraphIndex,
+    opset: i64,
+    device: Device,
+    /// Frozen initializers and the outputs of constant nodes folded at load.
+    consts: HashMap<String, Value>,
+    /// Trainable initializers in initializer order, with their dims.
+    vars: Vec<(String, Var)>,
+    var_index: HashMap<String, usize>,
+    /// Nodes evaluated at load (their outputs are in `consts`).
+    folded: Vec<bool>,
+}
+
+impl std::fmt::Debug for Interpreter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interpreter")
+            .field("nodes", &self.graph.node.len())
+            .field("consts", &self.consts.len())
+            .field("trainable", &self.vars.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Interpreter {
+    /// Load `model` on `device`; the initializers named in `trainable`
+    /// become variables (each must be a float initializer).
+    pub fn new(model: &ModelProto, trainable: &HashSet<String>, device: &Device) -> Result<Interpreter> {
+        let full = model
+            .graph
+            .as_ref()
+            .ok_or_else(|| InterpError::Graph(adaptivenet_onnx::Error::Graph("model has no graph".into())))?;
+        let index = GraphIndex::new(full)?;
+        let opset = model
+            .opset_import
+            .iter()
+            .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+            .map(|o| o.version)
+            .unwrap_or(13);
+
+        let init_names: HashSet<&str> = full.initializer.iter().map(|t| t.name.as_str()).collect();
+        let mut missing: Vec<&String> = trainable.iter().filter(|n| !init_names.contains(n.as_str())).collect();
+        missing.sort();
+        if let Some(name) = missing.first() {
+            return Err(InterpError::Trainable { name: name.to_string(), msg: "the model has no initializer of that name".into() });
+        }
+
+        let mut consts = HashMap::new();
+        let mut vars = Vec::new();
+        for t in &full.initializer {
+            let v = params::tensor_from_proto(t, device)?;
+            if trainable.contains(&t.name) {
+                match v {
+                    Value::Float(x) => vars.push((t.name.clone(), Var::from_tensor(&x)?)),
+                    Value::Int(_) => {
+                        return Err(InterpError::Trainable { name: t.name.clone(), msg: "not a float tensor".into() })
+                    }
+                }
+            } else {
+                consts.insert(t.name.clone(), v);
+            }
+        }
+        let var_index = vars.iter().enumerate().map(|(i, (n, _))| (n.clone(), i)).collect();
+
+        let graph = GraphProto {
+            node: full.node.clone(),
+            input: full.input.clone(),
+            output: full.output.clone(),
+            name: full.name.clone(),
+            ..Default::default()
+        };
+        let mut interp =
+            Interpreter { graph, index, opset, device: device.clone(), consts, vars, var_index, folded: Vec::new() };
+        interp.fold_constants();
+        Ok(interp)
+    }
+
+    /// Evaluate once the nodes that read only frozen constants. A node that
+    /// fails here is left for `forward`, which reports the error if the node
+    /// is ever needed.
+    fn fold_constants(&mut self) {
+        let n = self.graph.node.len();
+        let mut folded = vec![false; n];
+        for &ix in &self.index.order {
+            if !self.index.const_node[ix] {
+                continue;
+            }
+            let node = &self.graph.node[ix];
+            let out_names = node.output.clone();
+            let inputs: Option<Vec<Option<Value>>> = node
+                .input
+                .iter()
+                .map(|i| if i.is_empty() { Some(None) } else { self.consts.get(i).map(|v| Some(v.clone())) })
+                .collect();
+            let Some(inputs) = inputs else { continue };
+            let all = node.output.iter().map(|o| !o.is_empty()).collect();
+            if let Ok(outs) = self.run_node(ix, inputs, all) {
+                for (name, v) in out_names.into_iter().zip(outs) {
+                    if !name.is_empty() {
+                        self.consts.insert(name, v);
+                    }
+                }
+                folded[ix] = true;
+            }
+        }
+        self.folded = folded;
+    }
+
+    /// Run node `ix` on its inputs.
+    fn run_node(&self, ix: usize, inputs: Vec<Option<Value>>, outputs_needed: Vec<bool>) -> Result<Vec<Value>> {
+        let node = &self.graph.node[ix];
+        let ctx = ops::Ctx { node, inputs, device: &self.device, opset: self.opset, outputs_needed: outputs_needed.clone() };
+        let op = if node.domain.is_empty() { node.op_type.clone() } else { format!("{}::{}", node.domain, node.op_type) };
+        let outs = ops::eval(&ctx).map_err(|e| match e {
+            ops::OpError::Unsupported => InterpError::Unsupported { op: op.clone(), node: node_label(node, ix) },
+            ops::OpError::Msg(msg) => InterpError::Node { op: op.clone(), node: node_label(node, ix), msg },
+            ops::OpError::Candle(e) => InterpError::Node { op: op.clone(), node: node_label(node, ix), msg: e.to_string() },
+        })?;
+        let needed = outputs_needed.iter().rposition(|&n| n).map(|p| p + 1).unwrap_or(0);
+        if outs.len() < needed {
+            return Err(InterpError::Node {
+                op,
+                node: node_label(node, ix),
+                msg: format!("only {} of its {} outputs are supported", outs.len(), needed),
+            });
+        }
+        Ok(outs)
+    }
+
+    /// A constant or parameter value by name.
+    fn stored(&self, name: &str) -> Option<Value> {
+        if let Some(&i) = self.var_index.get(name) {
+            return Some(Value::Float(self.vars[i].1.as_tensor().clone()));
+        }
+        self.consts.get(name).cloned()
+    }
+
+    /// Indices (topological order) of the nodes to evaluate to get `wanted`
+    /// from the fed tensors.
+    fn needed_nodes(&self, fed: &HashSet<&str>, wanted: &[&str]) -> Result<Vec<usize>> {
+        let nodes = if fed.len() == 1 {
+            let from = fed.iter().next().copied().unwrap_or_default();
+            self.index.nodes_between(&self.graph, from, wanted)?
+        } else {
+            let mut stack: Vec<&str> = wanted.to_vec();
+            let mut seen: HashSet<&str> = HashSet::new();
+            let mut nodes: HashSet<usize> = HashSet::new();
+            while let Some(t) = stack.pop() {
+                if fed.contains(t) || !seen.insert(t) || self.stored(t).is_some() {
+                    continue;
+                }
+                match self.index.producer.get(t) {
+                    Some(&p) => {
+                        if nodes.insert(p) {
+                            stack.extend(self.graph.node[p].input.iter().filter(|i| !i.is_empty()).map(String::as_str));
+                        }
+                    }
+                    None => {
+                        let mut fed: Vec<&str> = fed.iter().copied().collect();
+                        fed.sort_unstable();
+                        return Err(InterpError::NotFed { name: t.to_string(), fed: fed.join(", ") });
+                    }
+                }
+            }
+            let mut nodes: Vec<usize> = nodes.into_iter().collect();
+            nodes.sort_by_key(|&n| self.index.position[n]);
+            nodes
+        };
+        Ok(nodes.into_iter().filter(|&n| !self.folded[n]).collect())
+    }
+
+    /// Evaluate the tensors `wanted` from the tensors in `feeds` (a graph
+    /// input, or any tensor of the graph such as a cut). Only the nodes on
+    /// the way are run. Float feeds are used as f32; integer feeds as shapes
+    /// or indices.
+    pub fn forward(&self, feeds: &[(&str, Tensor)], wanted: &[&str]) -> Result<Vec<Tensor>> {
+        let mut values: HashMap<&str, Value> = HashMap::new();
+        for (name, t) in feeds {
+            let known = self.index.producer.contains_key(*name)
+                || self.index.inputs.iter().any(|i| i.as_str() == *name)
+                || self.stored(name).is_some();
+            if !known {
+                return Err(InterpError::Tensor { name: name.to_string(), msg: "fed, but the graph has no such tensor".into() });
+            }
+            values.insert(*name, Value::from_tensor(t)?);
+        }
+        let fed: HashSet<&str> = values.keys().copied().collect();
+        let nodes = self.needed_nodes(&fed, wanted)?;
+
+        // Remaining readers of each tensor among the nodes to run, so
+        // intermediate values are dropped as soon as they are used up.
+        let mut uses: HashMap<&str, usize> = HashMap::new();
+        for &ix in &nodes {
+            for i in self.graph.node[ix].input.iter().filter(|i| !i.is_empty()) {
+                *uses.entry(i.as_str()).or_default() += 1;
+            }
+        }
+        let keep: HashSet<&str> = wanted.iter().copied().collect();
+
+        for &ix in &nodes {
+            let node = &self.graph.node[ix];
+            let mut inputs = Vec::with_capacity(node.input.len());
+            for name in &node.input {
+                if name.is_empty() {
+                    inputs.push(None);
+                    continue;
+                }
+                let v = match values.get(name.as_str()) {
+                    Some(v) => v.clone(),
+                    None => self.stored(name).ok_or_else(|| InterpError::Node {
+                        op: node.op_type.clone(),
+                        node: node_label(node, ix),
+                        msg: format!("input `{name}` is not available"),
+                    })?,
+                };
+                inputs.push(Some(v));
+            }
+            let needed = node
+                .output
+                .iter()
+                .map(|o| !o.is_empty() && (uses.contains_key(o.as_str()) || keep.contains(o.as_str())))
+                .collect();
+            let outs = self.run_node(ix, inputs, needed)?;
+            for name in node.input.iter().filter(|i| !i.is_empty()) {
+                if let Some(u) = uses.get_mut(name.as_str()) {
+                    *u -= 1;
+                    if *u == 0 && !keep.contains(name.as_str()) {
+                        values.remove(name.as_str());
+                    }
+                }
+            }
+            for (name, v) in node.output.iter().zip(outs) {
+                if !name.is_empty() {
+                    values.insert(name.as_str(), v);
+                }
+            }
+        }
+
+        wanted
+            .iter()
+            .map(|&w| {
+                let v = match values.get(w) {
+                    Some(v) => v.clone(),
+                    None => self.stored(w).ok_or_else(|| InterpError::Tensor {
+                        name: w.to_string(),
+                        msg: "was not computed (no node produces it)".into(),
+                    })?,
+                };
+                Ok(v.into_tensor(&self.device)?)
+            })
+            .collect()
+    }
+
+    /// The trainable variables, in initializer order (for the optimizer).
+    pub fn vars(&self) -> Vec<Var> {
+        self.vars.iter().map(|(_, v)| v.clone()).collect()
+    }
+
+    /// The trainable variables with their initializer names.
+    pub fn named_vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
+    /// The device the tensors live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The model's opset (default domain).
+    pub fn opset(&self) -> i64 {
+        self.opset
+    }
+
+    /// Current values of the trainable initializers as ONNX float
+    /// initializers with the same names and dims.
+    pub fn export(&self) -> Result<Vec<TensorProto>> {
+        self.vars.iter().map(|(name, var)| params::tensor_to_proto(name, var.as_tensor())).collect()
+    }
+
+    /// Write the current trainable values into `model`'s initializers (by
+    /// name); returns how many were replaced.
+    pub fn export_into(&self, model: &mut ModelProto) -> Result<usize> {
+        let mut fresh: HashMap<String, TensorProto> = self.export()?.into_iter().map(|t| (t.name.clone(), t)).collect();
+        let mut n = 0;
+        if let Some(g) = model.graph.as_mut() {
+            for init in g.initializer.iter_mut() {
+                if let Some(t) = fresh.remove(&init.name) {
+                    *init = TensorProto { doc_string: std::mem::take(&mut init.doc_string), ..t };
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+}

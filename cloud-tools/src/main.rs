@@ -1,0 +1,57 @@
+//! `adaptivenet`: the cloud-side command line. It inspects oracles (block
+//! detection), and builds, signs and inspects supernet bundles.
+
+mod cmd_blocks;
+mod cmd_bundle;
+#[allow(dead_code)]
+mod interp;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "adaptivenet", version, about = "Build elastic supernets from pretrained ONNX models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the stem, blocks and head that the model splits into.
+    Blocks(cmd_blocks::BlocksArgs),
+    /// Make a minisign key pair (NAME.key unencrypted, NAME.pub) for signing bundles.
+    Keygen(cmd_bundle::KeygenArgs),
+    /// Sign a bundle's manifest (replaces manifest.sig).
+    Sign(cmd_bundle::SignArgs),
+    /// Check a bundle's files, checksums and signature against trusted keys.
+    Verify(cmd_bundle::VerifyArgs),
+    /// Print a bundle's model, input, cuts and branches.
+    Inspect(cmd_bundle::InspectArgs),
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Blocks(args) => cmd_blocks::run(&args),
+        Command::Keygen(args) => cmd_bundle::keygen(&args),
+        Command::Sign(args) => cmd_bundle::sign(&args),
+        Command::Verify(args) => cmd_bundle::verify(&args),
+        Command::Inspect(args) => cmd_bundle::inspect(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("adaptivenet: error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
+}

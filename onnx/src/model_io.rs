@@ -1,0 +1,155 @@
+//! Reading and writing ONNX `ModelProto` files (tract's generated protobuf
+//! types, encoded with prost). Every failure names the file and the problem;
+//! garbage, truncated or empty input is an error, never a panic.
+
+use std::io::Write;
+use std::path::Path;
+
+use prost::Message;
+use tract_onnx::pb::ModelProto;
+
+use crate::error::{Error, Result};
+
+/// Read and validate an ONNX model from a file.
+pub fn load_model(path: impl AsRef<Path>) -> Result<ModelProto> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_model(&bytes, &path.display().to_string())
+}
+
+/// Decode and validate an ONNX model from bytes; `origin` names the source
+/// (a path, or `bundle.tar:supernet.onnx`) in error messages.
+pub fn decode_model(bytes: &[u8], origin: &str) -> Result<ModelProto> {
+    if bytes.is_empty() {
+        return Err(Error::bad_model(origin, "the file is empty; expected an ONNX model"));
+    }
+    let model = ModelProto::decode(bytes).map_err(|e| {
+        Error::bad_model(
+            origin,
+            format!(
+                "not a valid ONNX model (truncated, corrupt or not protobuf): {}",
+                e.to_string().replace('\n', " ")
+            ),
+        )
+    })?;
+    validate(&model).map_err(|problem| Error::bad_model(origin, problem))?;
+    Ok(model)
+}
+
+/// Structural checks that separate a real ONNX model from bytes that happen to
+/// decode as protobuf: a graph with nodes, inputs and outputs, an IR version
+/// and an operator set, and outputs that something produces.
+fn validate(model: &ModelProto) -> std::result::Result<(), String> {
+    let graph = model.graph.as_ref().ok_or("not an ONNX model: it has no graph")?;
+    if model.ir_version <= 0 {
+        return Err("not an ONNX model: no IR version".into());
+    }
+    if model.opset_import.is_empty() {
+        return Err("not an ONNX model: no operator set import".into());
+    }
+    if graph.node.is_empty() {
+        return Err("the graph has no nodes".into());
+    }
+    if graph.output.is_empty() {
+        return Err("the graph has no outputs".into());
+    }
+    let mut known: std::collections::HashSet<&str> = graph.input.iter().map(|i| i.name.as_str()).collect();
+    known.extend(graph.initializer.iter().map(|t| t.name.as_str()));
+    for node in &graph.node {
+        if node.op_type.is_empty() {
+            return Err(format!("node `{}` has no operator type", node.name));
+        }
+        known.extend(node.output.iter().map(String::as_str));
+    }
+    for out in &graph.output {
+        if !known.contains(out.name.as_str()) {
+            return Err(format!("graph output `{}` is produced by no node", out.name));
+        }
+    }
+    Ok(())
+}
+
+/// Encode a model to bytes.
+pub fn encode_model(model: &ModelProto) -> Vec<u8> {
+    model.encode_to_vec()
+}
+
+/// Write a model atomically: to a temporary file beside `path`, fsync, rename.
+/// A reader never sees a half-written model, and a failure leaves nothing at
+/// `path`.
+pub fn save_model(path: impl AsRef<Path>, model: &ModelProto) -> Result<()> {
+    write_atomically(path.as_ref(), &encode_model(model))
+}
+
+/// Write bytes atomically (temporary file in the same directory + rename).
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::io(path, std::io::Error::other("not a file path")))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> Vec<u8> {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/oracle/fmnist_resnet.onnx");
+        std::fs::read(p).expect("fixture present")
+    }
+
+    #[test]
+    fn decodes_the_fixture_and_round_trips() {
+        let bytes = fixture();
+        let m = decode_model(&bytes, "fixture").unwrap();
+        let again = decode_model(&encode_model(&m), "again").unwrap();
+        assert_eq!(m, again);
+    }
+
+    #[test]
+    fn empty_truncated_and_text_input_are_errors_naming_the_origin() {
+        let bytes = fixture();
+        for (what, input) in [
+            ("empty", Vec::new()),
+            ("truncated", bytes[..bytes.len() - 1000].to_vec()),
+            ("text", b"name,value\nalpha,1\n".to_vec()),
+            ("zeros", vec![0u8; 64]),
+        ] {
+            let err = decode_model(&input, "/some/model.onnx").expect_err(what).to_string();
+            assert!(err.starts_with("/some/model.onnx: "), "{what}: {err}");
+            assert!(!err.contains('\n'), "{what}: {err}");
+        }
+        for cut in [1, 10, 100, 1000, 10_000, 100_000] {
+            assert!(decode_model(&bytes[..cut], "x").is_err(), "prefix of {cut} bytes accepted");
+        }
+    }
+
+    #[test]
+    fn save_is_atomic_and_load_names_missing_files() {
+        let dir = std::env::temp_dir().join(format!("adaptivenet-io-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let m = decode_model(&fixture(), "fixture").unwrap();
+        let p = dir.join("m.onnx");
+        save_model(&p, &m).unwrap();
+        assert_eq!(load_model(&p).unwrap(), m);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
+        let err = load_model(dir.join("nope.onnx")).unwrap_err().to_string();
+        assert!(err.contains("nope.onnx"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

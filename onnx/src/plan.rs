@@ -1,0 +1,94 @@
+//! Block plans: any span c_i -> c_j (or a whole model) compiled into its own
+//! optimised tract plan with a concrete input shape, and chains of them.
+
+use std::sync::Arc;
+
+use tract_onnx::pb::ModelProto;
+use tract_onnx::prelude::*;
+
+use crate::blocks::Span;
+use crate::error::{Error, Result};
+use crate::extract::{extract_span, fixed};
+use crate::facts::{input_shape, ModelFacts};
+use crate::graph::GraphIndex;
+
+/// An optimised, runnable tract plan for one span or one whole model.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// What the plan computes (for messages).
+    pub label: String,
+    /// The fixed input shape.
+    pub input_shape: Vec<usize>,
+    runnable: Arc<TypedRunnableModel>,
+}
+
+impl Plan {
+    /// Compile a single-input model proto with its input fixed to `shape`.
+    pub fn from_proto(proto: &ModelProto, shape: &[usize], label: &str) -> Result<Plan> {
+        let runnable = crate::guard(&format!("compiling {label}"), || {
+            let onnx = tract_onnx::onnx();
+            let model = onnx
+                .model_for_proto_model(proto)?
+                .with_input_fact(0, f32::fact(shape).into())?;
+            model.into_optimized()?.into_runnable()
+        })?;
+        Ok(Plan { label: label.to_string(), input_shape: shape.to_vec(), runnable })
+    }
+
+    /// Compile a whole model at batch size `batch`.
+    pub fn whole_model(model: &ModelProto, batch: usize) -> Result<Plan> {
+        let index = GraphIndex::of_model(model)?;
+        let input = index.single_input()?;
+        let shape = input_shape(model, input, batch)?;
+        Plan::from_proto(model, &shape, "the whole model")
+    }
+
+    /// Compile span `span` of `model`, using `facts` for its input shape (the
+    /// batch size of the facts is the plan's batch size).
+    pub fn for_span(model: &ModelProto, index: &GraphIndex, facts: &ModelFacts, span: &Span) -> Result<Plan> {
+        let in_shape = facts.get(&span.from)?.shape.clone();
+        let out_dims = facts.tensors.get(&span.to).map(|f| fixed(&f.shape));
+        let proto = extract_span(model, index, span, &fixed(&in_shape), out_dims.as_deref())?;
+        Plan::from_proto(&proto, &in_shape, &format!("span `{}` -> `{}`", span.from, span.to))
+    }
+
+    /// Run the plan on one tensor; returns its first output.
+    pub fn run(&self, input: Tensor) -> Result<Tensor> {
+        if input.shape() != self.input_shape.as_slice() {
+            return Err(Error::Graph(format!(
+                "{}: input has shape {:?}, the plan was compiled for {:?}",
+                self.label,
+                input.shape(),
+                self.input_shape
+            )));
+        }
+        let mut out = crate::guard(&format!("running {}", self.label), || self.runnable.run(tvec!(input.into())))?;
+        if out.is_empty() {
+            return Err(Error::Graph(format!("{}: the plan produced no output", self.label)));
+        }
+        Ok(out.remove(0).into_tensor())
+    }
+}
+
+/// Plans for a path of spans, run one after the other.
+#[derive(Debug, Clone)]
+pub struct ChainedPlans {
+    pub plans: Vec<Plan>,
+}
+
+impl ChainedPlans {
+    /// Compile every span of `path` at the batch size of `facts`.
+    pub fn compile(model: &ModelProto, index: &GraphIndex, facts: &ModelFacts, path: &[Span]) -> Result<ChainedPlans> {
+        let plans = path.iter().map(|s| Plan::for_span(model, index, facts, s)).collect::<Result<_>>()?;
+        Ok(ChainedPlans { plans })
+    }
+
+    /// Run the chain.
+    pub fn run(&self, input: Tensor) -> Result<Tensor> {
+        let mut x = input;
+        for p in &self.plans {
+            x = p.run(x)?;
+        }
+        Ok(x)
+    }
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what the tests and the demo need on a fresh Debian machine (as root,
+# or with sudo available): the Fashion-MNIST data set, the minisign tool (to
+# check interoperability of signatures), and onnxruntime/onnx/numpy for the
+# reference checks. Safe to run again.
+set -euo pipefail
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+export DEBIAN_FRONTEND=noninteractive
+need_apt=()
+[ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
+command -v minisign >/dev/null || need_apt+=(minisign)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if ! python3 -c "import onnxruntime, onnx, numpy" 2>/dev/null; then
+  python3 -m pip install -q --disable-pip-version-check onnxruntime onnx numpy
+fi
+echo "install-deps: ok"
