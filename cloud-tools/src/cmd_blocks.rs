@@ -30,7 +30,16 @@ pub fn run(args: &BlocksArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());
     }
-    let mut table = Table::new(&["part", "input -> output", "in shape", "out shape", "ops", "params", "MACs", "op counts"]);
+    let mut table = Table::new(&[
+        "part",
+        "input -> output",
+        "in shape",
+        "out shape",
+        "ops",
+        "params",
+        "MACs",
+        "op counts",
+    ]);
     let mut add = |name: String, p: &PartSummary| {
         table.row(vec![
             name,
@@ -40,7 +49,12 @@ pub fn run(args: &BlocksArgs) -> Result<()> {
             p.stats.ops.to_string(),
             p.stats.params.to_string(),
             p.stats.macs.to_string(),
-            p.stats.op_counts.iter().map(|(k, v)| format!("{k}x{v}")).collect::<Vec<_>>().join(" "),
+            p.stats
+                .op_counts
+                .iter()
+                .map(|(k, v)| format!("{k}x{v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
         ])
     };
     add("stem".into(), &summary.stem);
@@ -59,7 +73,12 @@ pub fn run(args: &BlocksArgs) -> Result<()> {
         .map(|p| p.stats.macs)
         .sum();
     println!("model: {}", summary.model);
-    println!("{} blocks; {} parameters; {} MACs per sample", summary.blocks.len(), total_params, total_macs);
+    println!(
+        "{} blocks; {} parameters; {} MACs per sample",
+        summary.blocks.len(),
+        total_params,
+        total_macs
+    );
     print!("{}", table.render());
     Ok(())
 }

@@ -70,8 +70,8 @@ fn key_id(keynum: &[u8]) -> String {
 
 /// Read a minisign secret key file; errors name the file and the problem.
 pub fn read_secret_key(path: &Path) -> Result<SigningKey> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the secret key", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read the secret key", path.display()))?;
     let bad = |what: String| anyhow!("{}: {what}", path.display());
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     if lines.len() != 2 || !lines[0].starts_with("untrusted comment:") {
@@ -83,33 +83,49 @@ pub fn read_secret_key(path: &Path) -> Result<SigningKey> {
         return Err(bad("this is a minisign public key, not a secret key".into()));
     }
     let boxed = || minisign::SecretKeyBox::from_string(&text);
-    let secret = match minisign::SecretKey::from_unencrypted_box(boxed().map_err(|e| bad(e.to_string()))?) {
-        Ok(sk) => sk,
-        Err(e) if e.to_string().contains("encrypted") => {
-            let password = std::env::var(PASSWORD_ENV)
-                .map_err(|_| bad(format!("the secret key is encrypted; put its password in {PASSWORD_ENV}")))?;
-            minisign::SecretKey::from_box(boxed().map_err(|e| bad(e.to_string()))?, Some(password))
+    let secret =
+        match minisign::SecretKey::from_unencrypted_box(boxed().map_err(|e| bad(e.to_string()))?) {
+            Ok(sk) => sk,
+            Err(e) if e.to_string().contains("encrypted") => {
+                let password = std::env::var(PASSWORD_ENV).map_err(|_| {
+                    bad(format!(
+                        "the secret key is encrypted; put its password in {PASSWORD_ENV}"
+                    ))
+                })?;
+                minisign::SecretKey::from_box(
+                    boxed().map_err(|e| bad(e.to_string()))?,
+                    Some(password),
+                )
                 .map_err(|e| bad(format!("cannot decrypt the secret key: {e}")))?
-        }
-        Err(e) if e.to_string().contains("Corrupted key") => {
-            // `minisign -G -W` (0.11) writes unencrypted keys with a zero
-            // checksum; accept those, and check the key by signing below.
-            let raw = base64_decode(lines[1].trim())
-                .ok_or_else(|| bad("not a valid minisign secret key: bad base64".into()))?;
-            let zero_chk =
-                raw.len() == 158 && raw[4..6] == *b"B2" && raw[2..4] == [0, 0] && raw[126..].iter().all(|&b| b == 0);
-            if !zero_chk {
-                return Err(bad(format!("not a valid minisign secret key: {e}")));
             }
-            minisign::SecretKey::from_bytes(&raw).map_err(|e| bad(format!("not a valid minisign secret key: {e}")))?
-        }
-        Err(e) => return Err(bad(format!("not a valid minisign secret key: {e}"))),
-    };
+            Err(e) if e.to_string().contains("Corrupted key") => {
+                // `minisign -G -W` (0.11) writes unencrypted keys with a zero
+                // checksum; accept those, and check the key by signing below.
+                let raw = base64_decode(lines[1].trim())
+                    .ok_or_else(|| bad("not a valid minisign secret key: bad base64".into()))?;
+                let zero_chk = raw.len() == 158
+                    && raw[4..6] == *b"B2"
+                    && raw[2..4] == [0, 0]
+                    && raw[126..].iter().all(|&b| b == 0);
+                if !zero_chk {
+                    return Err(bad(format!("not a valid minisign secret key: {e}")));
+                }
+                minisign::SecretKey::from_bytes(&raw)
+                    .map_err(|e| bad(format!("not a valid minisign secret key: {e}")))?
+            }
+            Err(e) => return Err(bad(format!("not a valid minisign secret key: {e}"))),
+        };
     let public = minisign::PublicKey::from_secret_key(&secret)
         .map_err(|e| bad(format!("not a valid minisign secret key: {e}")))?;
     // The secret and public halves must agree: sign a probe and verify it.
-    minisign::sign(Some(&public), &secret, std::io::Cursor::new(b"probe"), Some("probe"), None)
-        .map_err(|e| bad(format!("the secret key is corrupt: {e}")))?;
+    minisign::sign(
+        Some(&public),
+        &secret,
+        std::io::Cursor::new(b"probe"),
+        Some("probe"),
+        None,
+    )
+    .map_err(|e| bad(format!("the secret key is corrupt: {e}")))?;
     Ok(SigningKey { secret, public })
 }
 
@@ -149,7 +165,10 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 /// Sign `manifest.yaml` bytes: returns the text of `manifest.sig`, a standard
 /// minisign (prehashed ed25519) signature.
 pub fn sign_manifest(manifest_bytes: &[u8], key: &SigningKey) -> Result<Vec<u8>> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let model = Manifest::from_yaml(&String::from_utf8_lossy(manifest_bytes))
         .map(|m| format!("\tmodel:{} version:{}", m.model.name, m.model.version))
         .unwrap_or_default();
@@ -167,7 +186,10 @@ pub fn sign_manifest(manifest_bytes: &[u8], key: &SigningKey) -> Result<Vec<u8>>
 
 pub fn keygen(args: &KeygenArgs) -> Result<()> {
     if args.name.is_empty() || args.name.contains('/') {
-        bail!("--name `{}`: expected a plain file name without `/`", args.name);
+        bail!(
+            "--name `{}`: expected a plain file name without `/`",
+            args.name
+        );
     }
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("{}: cannot create the folder", args.out_dir.display()))?;
@@ -175,23 +197,34 @@ pub fn keygen(args: &KeygenArgs) -> Result<()> {
     let pk_path = args.out_dir.join(format!("{}.pub", args.name));
     for p in [&sk_path, &pk_path] {
         if p.exists() {
-            bail!("{}: already exists; refusing to overwrite a key", p.display());
+            bail!(
+                "{}: already exists; refusing to overwrite a key",
+                p.display()
+            );
         }
     }
-    let pair = minisign::KeyPair::generate_unencrypted_keypair().map_err(|e| anyhow!("key generation failed: {e}"))?;
+    let pair = minisign::KeyPair::generate_unencrypted_keypair()
+        .map_err(|e| anyhow!("key generation failed: {e}"))?;
     let id = key_id(pair.pk.keynum());
     let sk_text = pair
         .sk
         .to_box(Some(&format!("adaptivenet secret key {id} (unencrypted)")))
         .map_err(|e| anyhow!("cannot encode the secret key: {e}"))?
         .into_string();
-    let pk_text = pair.pk.to_box().map_err(|e| anyhow!("cannot encode the public key: {e}"))?.into_string();
+    let pk_text = pair
+        .pk
+        .to_box()
+        .map_err(|e| anyhow!("cannot encode the public key: {e}"))?
+        .into_string();
     write_new(&sk_path, sk_text.as_bytes(), 0o600)?;
     if let Err(e) = write_new(&pk_path, pk_text.as_bytes(), 0o644) {
         let _ = std::fs::remove_file(&sk_path);
         return Err(e);
     }
-    println!("secret key: {} (unencrypted: keep it off devices and out of version control)", sk_path.display());
+    println!(
+        "secret key: {} (unencrypted: keep it off devices and out of version control)",
+        sk_path.display()
+    );
     println!("public key: {}", pk_path.display());
     println!("key id:     {id}");
     Ok(())
@@ -236,12 +269,20 @@ pub fn sign(args: &SignArgs) -> Result<()> {
 }
 
 pub fn verify(args: &VerifyArgs) -> Result<()> {
-    let keys =
-        args.pubkeys.iter().map(|p| bundle::read_public_key(p).map_err(|e| anyhow!(e))).collect::<Result<Vec<_>>>()?;
+    let keys = args
+        .pubkeys
+        .iter()
+        .map(|p| bundle::read_public_key(p).map_err(|e| anyhow!(e)))
+        .collect::<Result<Vec<_>>>()?;
     let b = Bundle::open(&args.bundle, &keys, false)?;
     let by = match &b.signature_status {
-        SignatureStatus::Verified { key_index, .. } => args.pubkeys[*key_index].display().to_string(),
-        other => bail!("{}: internal error: signature status {other:?} after a signed open", args.bundle.display()),
+        SignatureStatus::Verified { key_index, .. } => {
+            args.pubkeys[*key_index].display().to_string()
+        }
+        other => bail!(
+            "{}: internal error: signature status {other:?} after a signed open",
+            args.bundle.display()
+        ),
     };
     println!(
         "OK {}: {} version {} sha256 {} (signed by {})",
@@ -263,7 +304,13 @@ fn human_bytes(n: usize) -> String {
 }
 
 fn list(v: &[f32]) -> String {
-    format!("[{}]", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "))
+    format!(
+        "[{}]",
+        v.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 pub fn inspect(args: &InspectArgs) -> Result<()> {
@@ -281,7 +328,11 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
     println!(
         "bundle:      {} ({}, sha256 {})",
         b.path.display(),
-        human_bytes(std::fs::metadata(&b.path).map(|x| x.len() as usize).unwrap_or(0)),
+        human_bytes(
+            std::fs::metadata(&b.path)
+                .map(|x| x.len() as usize)
+                .unwrap_or(0)
+        ),
         b.sha256
     );
     println!("model:       {} version {}", m.model.name, m.model.version);
@@ -292,23 +343,48 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
             "created by:  {} {}{}",
             c.tool,
             c.version,
-            c.note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default()
+            c.note
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
         );
     }
     println!("signature:   {signature}");
-    println!("input:       {} {} {} {}", inp.name, shape_string(&inp.shape), inp.dtype, inp.layout);
-    println!("preprocess:  mean {} std {}", list(&inp.preprocess.mean), list(&inp.preprocess.std));
+    println!(
+        "input:       {} {} {} {}",
+        inp.name,
+        shape_string(&inp.shape),
+        inp.dtype,
+        inp.layout
+    );
+    println!(
+        "preprocess:  mean {} std {}",
+        list(&inp.preprocess.mean),
+        list(&inp.preprocess.std)
+    );
     if !inp.labels.is_empty() {
-        println!("labels:      {} ({})", inp.labels.len(), inp.labels.join(", "));
+        println!(
+            "labels:      {} ({})",
+            inp.labels.len(),
+            inp.labels.join(", ")
+        );
     }
     println!("output:      {}", m.output.name);
-    let files: Vec<String> = b.files.iter().map(|(k, v)| format!("{k} ({})", human_bytes(v.len()))).collect();
+    let files: Vec<String> = b
+        .files
+        .iter()
+        .map(|(k, v)| format!("{k} ({})", human_bytes(v.len())))
+        .collect();
     println!("files:       {}", files.join(", "));
     println!();
     println!("cuts: {}", m.cuts.len());
     let mut cuts = Table::new(&["index", "tensor", "shape"]);
     for c in &m.cuts {
-        cuts.row(vec![format!("c{}", c.index), c.tensor.clone(), shape_string(&c.shape)]);
+        cuts.row(vec![
+            format!("c{}", c.index),
+            c.tensor.clone(),
+            shape_string(&c.shape),
+        ]);
     }
     print!("{}", cuts.render());
     println!();
@@ -321,7 +397,16 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
         count(bundle::BranchKind::Shrink),
         m.count_subnets()
     );
-    let mut table = Table::new(&["id", "from", "to", "kind", "MACs", "params", "distill loss", "tensor"]);
+    let mut table = Table::new(&[
+        "id",
+        "from",
+        "to",
+        "kind",
+        "MACs",
+        "params",
+        "distill loss",
+        "tensor",
+    ]);
     for br in &m.branches {
         table.row(vec![
             br.id.to_string(),
@@ -330,7 +415,9 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
             br.kind.to_string(),
             br.macs.to_string(),
             br.param_count.to_string(),
-            br.distill_loss.map(|l| format!("{l:.6}")).unwrap_or_else(|| "-".into()),
+            br.distill_loss
+                .map(|l| format!("{l:.6}"))
+                .unwrap_or_else(|| "-".into()),
             br.tensor.clone(),
         ]);
     }

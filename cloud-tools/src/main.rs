@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "adaptivenet", version, about = "Build elastic supernets from pretrained ONNX models")]
+#[command(
+    name = "adaptivenet",
+    version,
+    about = "Build elastic supernets from pretrained ONNX models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

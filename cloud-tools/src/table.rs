@@ -8,7 +8,10 @@ pub struct Table {
 
 impl Table {
     pub fn new(header: &[&str]) -> Table {
-        Table { header: header.iter().map(|s| s.to_string()).collect(), rows: vec![] }
+        Table {
+            header: header.iter().map(|s| s.to_string()).collect(),
+            rows: vec![],
+        }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -25,7 +28,11 @@ impl Table {
         }
         let mut out = String::new();
         for r in std::iter::once(&self.header).chain(&self.rows) {
-            let line: Vec<String> = r.iter().enumerate().map(|(c, cell)| format!("{cell:<w$}", w = width[c])).collect();
+            let line: Vec<String> = r
+                .iter()
+                .enumerate()
+                .map(|(c, cell)| format!("{cell:<w$}", w = width[c]))
+                .collect();
             out.push_str(line.join("  ").trim_end());
             out.push('\n');
         }

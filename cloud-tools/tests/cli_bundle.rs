@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use adaptivenet_onnx::bundle::{
-    self, Branch, BranchId, BranchKind, Bundle, BundleWriter, CreatedBy, Manifest, ModelDescription, Preprocess,
-    SUPERNET_FILE,
+    self, Branch, BranchId, BranchKind, Bundle, BundleWriter, CreatedBy, Manifest,
+    ModelDescription, Preprocess, SUPERNET_FILE,
 };
 use adaptivenet_onnx::Oracle;
 
@@ -28,7 +28,11 @@ fn oracle_path() -> PathBuf {
         return fmnist;
     }
     let fallback = repo().join("tests/fixtures/thirdparty/light_squeezenet.onnx");
-    eprintln!("note: {} not found; using {}", fmnist.display(), fallback.display());
+    eprintln!(
+        "note: {} not found; using {}",
+        fmnist.display(),
+        fallback.display()
+    );
     fallback
 }
 
@@ -49,7 +53,10 @@ fn minisign_tool() -> PathBuf {
 struct TempDir(PathBuf);
 impl TempDir {
     fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("adaptivenet-cli-bundle-{tag}-{}", std::process::id()));
+        let p = std::env::temp_dir().join(format!(
+            "adaptivenet-cli-bundle-{tag}-{}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -65,7 +72,10 @@ impl Drop for TempDir {
 }
 
 fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-    Command::new(BIN).args(args.iter().map(|a| a.as_ref())).output().expect("run adaptivenet")
+    Command::new(BIN)
+        .args(args.iter().map(|a| a.as_ref()))
+        .output()
+        .expect("run adaptivenet")
 }
 
 fn ok(out: &Output) -> String {
@@ -82,8 +92,16 @@ fn ok(out: &Output) -> String {
 /// A failed command: non-zero exit and exactly one line on stderr.
 fn fails(out: &Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "should fail; stdout: {}", String::from_utf8_lossy(&out.stdout));
-    assert_eq!(stderr.trim_end().lines().count(), 1, "one line on stderr: {stderr}");
+    assert!(
+        !out.status.success(),
+        "should fail; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "one line on stderr: {stderr}"
+    );
     stderr
 }
 
@@ -106,8 +124,18 @@ fn with_stand_in_branches(onnx: &[u8], m: &mut Manifest) -> Vec<u8> {
     let graph = model.graph.as_mut().unwrap();
     let c0 = m.cuts[0].tensor.clone();
     for (id, kind, params, loss) in [
-        ("m0x2", BranchKind::Merge, serde_json::json!({"span": 2}), 0.0123),
-        ("s0@50", BranchKind::Shrink, serde_json::json!({"ratio": 0.5}), 0.0042),
+        (
+            "m0x2",
+            BranchKind::Merge,
+            serde_json::json!({"span": 2}),
+            0.0123,
+        ),
+        (
+            "s0@50",
+            BranchKind::Shrink,
+            serde_json::json!({"ratio": 0.5}),
+            0.0042,
+        ),
     ] {
         let tensor = format!("branch/{id}");
         graph.node.push(NodeProto {
@@ -117,7 +145,10 @@ fn with_stand_in_branches(onnx: &[u8], m: &mut Manifest) -> Vec<u8> {
             output: vec![tensor.clone()],
             ..Default::default()
         });
-        graph.output.push(ValueInfoProto { name: tensor.clone(), ..Default::default() });
+        graph.output.push(ValueInfoProto {
+            name: tensor.clone(),
+            ..Default::default()
+        });
         let id: BranchId = id.parse().unwrap();
         m.branches.push(Branch {
             id,
@@ -142,7 +173,10 @@ fn make_bundle(path: &Path) {
         name: "fmnist-resnet".into(),
         version: 3,
         compatible: "generic-cpu".into(),
-        preprocess: Preprocess { mean: vec![0.286], std: vec![0.353] },
+        preprocess: Preprocess {
+            mean: vec![0.286],
+            std: vec![0.353],
+        },
         labels: [
             "T-shirt/top",
             "Trouser",
@@ -160,11 +194,16 @@ fn make_bundle(path: &Path) {
         .collect(),
     };
     let mut m = bundle::oracle_manifest(&oracle, &desc).expect("manifest");
-    m.created_by = Some(CreatedBy { tool: "cli_bundle test".into(), version: "0".into(), note: None });
+    m.created_by = Some(CreatedBy {
+        tool: "cli_bundle test".into(),
+        version: "0".into(),
+        note: None,
+    });
     let supernet = with_stand_in_branches(&std::fs::read(&src).unwrap(), &mut m);
     let mut w = BundleWriter::new(m);
     w.add_file(SUPERNET_FILE, supernet).unwrap();
-    w.add_file("calibration/images.bin", vec![0u8; 784]).unwrap();
+    w.add_file("calibration/images.bin", vec![0u8; 784])
+        .unwrap();
     w.write(path, None).expect("write bundle");
 }
 
@@ -184,7 +223,10 @@ fn sign_verify_inspect_round_trip() {
     assert!(e.contains("unsigned"), "{e}");
 
     let out = ok(&run(&[&"sign", &b, &"--key", &key]));
-    assert!(out.contains("signed") && out.contains("EFC8F5E42C86BE17"), "{out}");
+    assert!(
+        out.contains("signed") && out.contains("EFC8F5E42C86BE17"),
+        "{out}"
+    );
     let out = ok(&run(&[&"verify", &b, &"--pubkey", &pubkey]));
     println!("{out}");
     assert!(out.starts_with("OK "), "{out}");
@@ -219,8 +261,10 @@ fn sign_verify_inspect_round_trip() {
     assert_eq!(std::fs::read(&b).unwrap(), before);
     ok(&run(&[&"verify", &copy, &"--pubkey", &pubkey]));
     // No temporary files are left behind.
-    let mut names: Vec<String> =
-        std::fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     assert_eq!(names, ["copy.bundle", "model.bundle"]);
 }
@@ -237,39 +281,88 @@ fn signatures_interoperate_with_the_minisign_tool() {
     let opened = Bundle::open(&b, &[bundle::read_public_key(&pubkey).unwrap()], false).unwrap();
     let manifest = dir.join("manifest.yaml");
     std::fs::write(&manifest, &opened.manifest_bytes).unwrap();
-    std::fs::write(dir.join("manifest.yaml.minisig"), opened.signature.as_ref().unwrap()).unwrap();
+    std::fs::write(
+        dir.join("manifest.yaml.minisig"),
+        opened.signature.as_ref().unwrap(),
+    )
+    .unwrap();
     let out = tool(&[&"-Vm", &manifest, &"-p", &pubkey]);
-    assert!(out.status.success(), "minisign -V rejected our signature: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "minisign -V rejected our signature: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("model:fmnist-resnet version:3"));
 
     // The tool -> ours: sign manifest.yaml with `minisign -S`, put it in.
     let tool_sig = dir.join("tool.sig");
     let out = tool(&[&"-S", &"-s", &key, &"-m", &manifest, &"-x", &tool_sig]);
-    assert!(out.status.success(), "minisign -S failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "minisign -S failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let resigned = dir.join("tool-signed.bundle");
-    opened.write_with_signature(&resigned, &std::fs::read(&tool_sig).unwrap()).unwrap();
+    opened
+        .write_with_signature(&resigned, &std::fs::read(&tool_sig).unwrap())
+        .unwrap();
     let out = ok(&run(&[&"verify", &resigned, &"--pubkey", &pubkey]));
     assert!(out.starts_with("OK "), "{out}");
 
     // A key pair made by the tool (`-G -W`, unencrypted) signs with our command ...
     let (tkey, tpub) = (dir.join("tool.key"), dir.join("tool.pub"));
     let out = tool(&[&"-G", &"-W", &"-p", &tpub, &"-s", &tkey]);
-    assert!(out.status.success(), "minisign -G failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "minisign -G failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let b2 = dir.join("b2.bundle");
     ok(&run(&[&"sign", &b, &"--key", &tkey, &"-o", &b2]));
     ok(&run(&[&"verify", &b2, &"--pubkey", &tpub]));
     // ... and a key pair made by `adaptivenet keygen` signs with the tool.
     let kdir = dir.join("keys");
     ok(&run(&[&"keygen", &"--out-dir", &kdir, &"--name", &"ci"]));
-    let out = tool(&[&"-S", &"-s", &kdir.join("ci.key"), &"-m", &manifest, &"-x", &tool_sig]);
-    assert!(out.status.success(), "minisign -S with our key failed: {}", String::from_utf8_lossy(&out.stderr));
-    let out = tool(&[&"-V", &"-x", &tool_sig, &"-m", &manifest, &"-p", &kdir.join("ci.pub")]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tool(&[
+        &"-S",
+        &"-s",
+        &kdir.join("ci.key"),
+        &"-m",
+        &manifest,
+        &"-x",
+        &tool_sig,
+    ]);
+    assert!(
+        out.status.success(),
+        "minisign -S with our key failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tool(&[
+        &"-V",
+        &"-x",
+        &tool_sig,
+        &"-m",
+        &manifest,
+        &"-p",
+        &kdir.join("ci.pub"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A bundle signed by one key does not verify with another.
     let e = fails(&run(&[&"verify", &b2, &"--pubkey", &pubkey]));
     assert!(e.contains("not trusted"), "{e}");
     // Trusting both keys works.
-    ok(&run(&[&"verify", &b2, &"--pubkey", &pubkey, &"--pubkey", &tpub]));
+    ok(&run(&[
+        &"verify",
+        &b2,
+        &"--pubkey",
+        &pubkey,
+        &"--pubkey",
+        &tpub,
+    ]));
 }
 
 #[test]
@@ -284,7 +377,11 @@ fn keygen_refuses_to_overwrite() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.join("k.key")).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(dir.join("k.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
     }
 }
@@ -307,7 +404,10 @@ fn bad_keys_and_tampered_bundles_fail_with_one_line() {
     let e = fails(&run(&[&"verify", &b, &"--pubkey", &key]));
     assert!(e.contains("demo.key") && e.contains("secret key"), "{e}");
     let e = fails(&run(&[&"verify", &b, &"--pubkey", &garbage]));
-    assert!(e.contains("garbage.key") && e.contains("not a valid minisign public key"), "{e}");
+    assert!(
+        e.contains("garbage.key") && e.contains("not a valid minisign public key"),
+        "{e}"
+    );
     let e = fails(&run(&[&"verify", &b, &"--pubkey", &dir.join("absent.pub")]));
     assert!(e.contains("absent.pub"), "{e}");
     // A corrupted secret key (one base64 character changed in the key bytes).
@@ -332,20 +432,29 @@ fn bad_keys_and_tampered_bundles_fail_with_one_line() {
     let t = dir.join("tampered.bundle");
     std::fs::write(&t, &tampered).unwrap();
     let e = fails(&run(&[&"verify", &t, &"--pubkey", &pubkey]));
-    assert!(e.contains("tampered.bundle") && e.contains("checksum mismatch for `supernet.onnx`"), "{e}");
+    assert!(
+        e.contains("tampered.bundle") && e.contains("checksum mismatch for `supernet.onnx`"),
+        "{e}"
+    );
     // Signing does not launder a tampered bundle.
     let e = fails(&run(&[&"sign", &t, &"--key", &key]));
     assert!(e.contains("checksum mismatch"), "{e}");
     // A tampered manifest.
     let mtext = String::from_utf8(opened.manifest_bytes.clone()).unwrap();
     let needle = "version: 3";
-    let at = bytes.windows(needle.len()).position(|w| w == needle.as_bytes()).unwrap();
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())
+        .unwrap();
     let mut tampered = bytes.clone();
     tampered[at + needle.len() - 1] = b'9';
     assert!(mtext.contains(needle));
     std::fs::write(&t, &tampered).unwrap();
     let e = fails(&run(&[&"verify", &t, &"--pubkey", &pubkey]));
-    assert!(e.contains("manifest.sig does not match manifest.yaml"), "{e}");
+    assert!(
+        e.contains("manifest.sig does not match manifest.yaml"),
+        "{e}"
+    );
     // A half-copied bundle.
     std::fs::write(&t, &bytes[..bytes.len() * 2 / 3]).unwrap();
     let e = fails(&run(&[&"verify", &t, &"--pubkey", &pubkey]));

@@ -33,7 +33,10 @@ pub struct Span {
 
 impl Span {
     pub fn new(from: impl Into<String>, to: impl Into<String>) -> Span {
-        Span { from: from.into(), to: to.into() }
+        Span {
+            from: from.into(),
+            to: to.into(),
+        }
     }
 }
 
@@ -80,7 +83,11 @@ impl BlockLayout {
 
 /// Detect the block layout of a model's main graph, or validate and use
 /// `overrides` (cut tensor names, in any order) when given.
-pub fn detect_blocks(graph: &GraphProto, index: &GraphIndex, overrides: Option<&[String]>) -> Result<BlockLayout> {
+pub fn detect_blocks(
+    graph: &GraphProto,
+    index: &GraphIndex,
+    overrides: Option<&[String]>,
+) -> Result<BlockLayout> {
     let cands = find_cuts(graph, index)?;
     let input = cands[0].tensor.clone();
     let output = index.main_output()?.to_string();
@@ -94,10 +101,19 @@ pub fn detect_blocks(graph: &GraphProto, index: &GraphIndex, overrides: Option<&
             cuts.len()
         )));
     }
-    Ok(BlockLayout { input, output, cuts })
+    Ok(BlockLayout {
+        input,
+        output,
+        cuts,
+    })
 }
 
-fn override_cuts(cands: &[CutCandidate], names: &[String], input: &str, output: &str) -> Result<Vec<String>> {
+fn override_cuts(
+    cands: &[CutCandidate],
+    names: &[String],
+    input: &str,
+    output: &str,
+) -> Result<Vec<String>> {
     let mut picked: Vec<(usize, String)> = Vec::new();
     for name in names {
         if name == input || name == output {
@@ -125,19 +141,35 @@ struct Segment {
     nodes: Vec<usize>,
 }
 
-fn auto_cuts(graph: &GraphProto, index: &GraphIndex, cands: &[CutCandidate], output: &str) -> Result<Vec<String>> {
-    let live: Vec<usize> = index.order.iter().copied().filter(|&n| index.live[n]).collect();
+fn auto_cuts(
+    graph: &GraphProto,
+    index: &GraphIndex,
+    cands: &[CutCandidate],
+    output: &str,
+) -> Result<Vec<String>> {
+    let live: Vec<usize> = index
+        .order
+        .iter()
+        .copied()
+        .filter(|&n| index.live[n])
+        .collect();
     // segments[k] = nodes between cands[k-1] and cands[k] (k >= 1)
     let mut segments: Vec<Segment> = vec![Segment { nodes: vec![] }];
     let mut prev = 0usize;
     for c in cands.iter().skip(1) {
         let p = c.live_position.unwrap_or(0);
-        segments.push(Segment { nodes: live[prev..=p].to_vec() });
+        segments.push(Segment {
+            nodes: live[prev..=p].to_vec(),
+        });
         prev = p + 1;
     }
     let op = |n: usize| graph.node[n].op_type.as_str();
     let is_weighted = |seg: &Segment| seg.nodes.iter().any(|&n| WEIGHTED.contains(&op(n)));
-    let is_parallel = |seg: &Segment| seg.nodes.iter().any(|&n| index.data_inputs(graph, n).len() >= 2);
+    let is_parallel = |seg: &Segment| {
+        seg.nodes
+            .iter()
+            .any(|&n| index.data_inputs(graph, n).len() >= 2)
+    };
     let is_unary_step = |k: usize| {
         let seg = &segments[k];
         seg.nodes.len() == 1 && ELEMENTWISE_UNARY.contains(&op(seg.nodes[0]))
@@ -156,7 +188,9 @@ fn auto_cuts(graph: &GraphProto, index: &GraphIndex, cands: &[CutCandidate], out
             j -= 1;
         }
         let merge_closes = j >= 1
-            && cands[j].producer.is_some_and(|m| MERGE.contains(&op(m)) && index.data_inputs(graph, m).len() >= 2)
+            && cands[j]
+                .producer
+                .is_some_and(|m| MERGE.contains(&op(m)) && index.data_inputs(graph, m).len() >= 2)
             && is_parallel(&segments[j]);
         let next_is_unary = k < k_max && is_unary_step(k + 1);
         if merge_closes && !next_is_unary {
@@ -165,7 +199,10 @@ fn auto_cuts(graph: &GraphProto, index: &GraphIndex, cands: &[CutCandidate], out
         }
         // (b) a linear projection feeding the next conv.
         let linear = matches!(op(producer), "Conv" | "BatchNormalization");
-        let feeds_conv = index.live_consumers(&cands[k].tensor).iter().any(|&c| op(c) == "Conv");
+        let feeds_conv = index
+            .live_consumers(&cands[k].tensor)
+            .iter()
+            .any(|&c| op(c) == "Conv");
         if linear && feeds_conv {
             ends.push(k);
         }
@@ -195,12 +232,20 @@ fn auto_cuts(graph: &GraphProto, index: &GraphIndex, cands: &[CutCandidate], out
     };
     let mut cut_ix: Vec<usize> = vec![stem_end];
     cut_ix.extend(ends.into_iter().filter(|&e| e > stem_end));
-    Ok(cut_ix.into_iter().map(|k| cands[k].tensor.clone()).collect())
+    Ok(cut_ix
+        .into_iter()
+        .map(|k| cands[k].tensor.clone())
+        .collect())
 }
 
 /// Units of one weighted op and the ops after it; boundaries are the cut
 /// tensors read by each weighted op.
-fn plain_chain_cuts(graph: &GraphProto, index: &GraphIndex, cands: &[CutCandidate], output: &str) -> Vec<String> {
+fn plain_chain_cuts(
+    graph: &GraphProto,
+    index: &GraphIndex,
+    cands: &[CutCandidate],
+    output: &str,
+) -> Vec<String> {
     let is_cut = |t: &str| cands.iter().any(|c| c.tensor == t);
     let input = &cands[0].tensor;
     let mut bounds: Vec<String> = Vec::new();

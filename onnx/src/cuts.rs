@@ -31,7 +31,12 @@ pub struct CutCandidate {
 pub fn find_cuts(graph: &GraphProto, index: &GraphIndex) -> Result<Vec<CutCandidate>> {
     let input = index.single_input()?.to_string();
     let output = index.main_output()?.to_string();
-    let live: Vec<usize> = index.order.iter().copied().filter(|&n| index.live[n]).collect();
+    let live: Vec<usize> = index
+        .order
+        .iter()
+        .copied()
+        .filter(|&n| index.live[n])
+        .collect();
     let live_pos: HashMap<usize, usize> = live.iter().enumerate().map(|(p, &n)| (n, p)).collect();
 
     // Last live position at which each tensor is read (usize::MAX for the output).
@@ -39,10 +44,18 @@ pub fn find_cuts(graph: &GraphProto, index: &GraphIndex) -> Result<Vec<CutCandid
         if tensor == output {
             return Some(usize::MAX);
         }
-        index.live_consumers(tensor).iter().filter_map(|c| live_pos.get(c).copied()).max()
+        index
+            .live_consumers(tensor)
+            .iter()
+            .filter_map(|c| live_pos.get(c).copied())
+            .max()
     };
 
-    let mut cuts = vec![CutCandidate { tensor: input.clone(), producer: None, live_position: None }];
+    let mut cuts = vec![CutCandidate {
+        tensor: input.clone(),
+        producer: None,
+        live_position: None,
+    }];
     // open tensors: name -> last use
     let mut open: HashMap<String, usize> = HashMap::new();
     if let Some(l) = last_use(&input) {
@@ -60,7 +73,11 @@ pub fn find_cuts(graph: &GraphProto, index: &GraphIndex) -> Result<Vec<CutCandid
         if open.len() == 1 {
             if let Some(t) = open.keys().next() {
                 if graph.node[n].output.iter().any(|o| o == t) {
-                    cuts.push(CutCandidate { tensor: t.clone(), producer: Some(n), live_position: Some(p) });
+                    cuts.push(CutCandidate {
+                        tensor: t.clone(),
+                        producer: Some(n),
+                        live_position: Some(p),
+                    });
                 }
             }
         }

@@ -20,8 +20,18 @@ pub struct Preprocess {
 
 impl Preprocess {
     fn apply(&self, channel: usize, raw: u8) -> f32 {
-        let m = self.mean.get(channel).or(self.mean.first()).copied().unwrap_or(0.0);
-        let s = self.std.get(channel).or(self.std.first()).copied().unwrap_or(1.0);
+        let m = self
+            .mean
+            .get(channel)
+            .or(self.mean.first())
+            .copied()
+            .unwrap_or(0.0);
+        let s = self
+            .std
+            .get(channel)
+            .or(self.std.first())
+            .copied()
+            .unwrap_or(1.0);
         (raw as f32 / 255.0 - m) / s
     }
 }
@@ -53,14 +63,26 @@ impl Dataset {
 
     /// Load IDX images (and labels) of unsigned bytes, keep items
     /// `range.start..range.end` (clamped), and normalise with `pre`.
-    pub fn from_idx(images: &Path, labels: Option<&Path>, pre: &Preprocess, range: std::ops::Range<usize>) -> Result<Dataset> {
+    pub fn from_idx(
+        images: &Path,
+        labels: Option<&Path>,
+        pre: &Preprocess,
+        range: std::ops::Range<usize>,
+    ) -> Result<Dataset> {
         let img = read_idx(images)?;
         if img.dims.len() < 3 {
-            return Err(Error::bad_data(images.display().to_string(), format!("expected images [N, H, W], found dims {:?}", img.dims)));
+            return Err(Error::bad_data(
+                images.display().to_string(),
+                format!("expected images [N, H, W], found dims {:?}", img.dims),
+            ));
         }
         let end = range.end.min(img.len());
         let start = range.start.min(end);
-        let item_shape: Vec<usize> = if img.dims.len() == 3 { vec![1, img.dims[1], img.dims[2]] } else { img.dims[1..].to_vec() };
+        let item_shape: Vec<usize> = if img.dims.len() == 3 {
+            vec![1, img.dims[1], img.dims[2]]
+        } else {
+            img.dims[1..].to_vec()
+        };
         let plane: usize = item_shape[1..].iter().product();
         let mut data = Vec::with_capacity((end - start) * img.item_size());
         for i in start..end {
@@ -74,14 +96,23 @@ impl Dataset {
                 if l.len() != img.len() {
                     return Err(Error::bad_data(
                         p.display().to_string(),
-                        format!("{} labels for {} images in {}", l.len(), img.len(), images.display()),
+                        format!(
+                            "{} labels for {} images in {}",
+                            l.len(),
+                            img.len(),
+                            images.display()
+                        ),
                     ));
                 }
                 Some(l.data[start..end].iter().map(|&x| x as i64).collect())
             }
             None => None,
         };
-        Ok(Dataset { item_shape, data, labels })
+        Ok(Dataset {
+            item_shape,
+            data,
+            labels,
+        })
     }
 
     /// Load a float32 NPY tensor [N, ...] (already preprocessed) and optional
@@ -89,20 +120,30 @@ impl Dataset {
     pub fn from_npy(tensor: &Path, labels: Option<&Path>) -> Result<Dataset> {
         let t = read_npy(tensor)?;
         if t.shape.len() < 2 {
-            return Err(Error::bad_data(tensor.display().to_string(), format!("expected [N, ...], found shape {:?}", t.shape)));
+            return Err(Error::bad_data(
+                tensor.display().to_string(),
+                format!("expected [N, ...], found shape {:?}", t.shape),
+            ));
         }
         let labels = match labels {
             Some(p) => {
                 let origin = p.display().to_string();
                 let l = read_npy(p)?.to_i64(&origin)?;
                 if l.len() != t.shape[0] {
-                    return Err(Error::bad_data(origin, format!("{} labels for {} items", l.len(), t.shape[0])));
+                    return Err(Error::bad_data(
+                        origin,
+                        format!("{} labels for {} items", l.len(), t.shape[0]),
+                    ));
                 }
                 Some(l)
             }
             None => None,
         };
-        Ok(Dataset { item_shape: t.shape[1..].to_vec(), data: t.to_f32(), labels })
+        Ok(Dataset {
+            item_shape: t.shape[1..].to_vec(),
+            data: t.to_f32(),
+            labels,
+        })
     }
 
     /// Items `start..start+n` as one tensor [n, ...].
@@ -118,10 +159,14 @@ impl Dataset {
 
 /// Index of the largest value of each row of a [N, C] tensor.
 pub fn argmax_rows(t: &Tensor) -> Result<Vec<usize>> {
-    let view = t.to_plain_array_view::<f32>().map_err(|e| Error::tract("reading logits", e))?;
+    let view = t
+        .to_plain_array_view::<f32>()
+        .map_err(|e| Error::tract("reading logits", e))?;
     let shape = view.shape();
     if shape.len() != 2 {
-        return Err(Error::Graph(format!("expected logits [N, C], found shape {shape:?}")));
+        return Err(Error::Graph(format!(
+            "expected logits [N, C], found shape {shape:?}"
+        )));
     }
     let (n, c) = (shape[0], shape[1]);
     let flat: Vec<f32> = view.iter().copied().collect();
@@ -142,9 +187,21 @@ pub fn argmax_rows(t: &Tensor) -> Result<Vec<usize>> {
 /// Largest absolute element-wise difference of two float tensors of the same shape.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
     if a.shape() != b.shape() {
-        return Err(Error::Graph(format!("shapes differ: {:?} vs {:?}", a.shape(), b.shape())));
+        return Err(Error::Graph(format!(
+            "shapes differ: {:?} vs {:?}",
+            a.shape(),
+            b.shape()
+        )));
     }
-    let va = a.to_plain_array_view::<f32>().map_err(|e| Error::tract("reading a tensor", e))?;
-    let vb = b.to_plain_array_view::<f32>().map_err(|e| Error::tract("reading a tensor", e))?;
-    Ok(va.iter().zip(vb.iter()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max))
+    let va = a
+        .to_plain_array_view::<f32>()
+        .map_err(|e| Error::tract("reading a tensor", e))?;
+    let vb = b
+        .to_plain_array_view::<f32>()
+        .map_err(|e| Error::tract("reading a tensor", e))?;
+    Ok(va
+        .iter()
+        .zip(vb.iter())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max))
 }

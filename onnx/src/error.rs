@@ -30,17 +30,29 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub(crate) fn bad_model(origin: impl Into<String>, problem: impl Into<String>) -> Self {
-        Error::BadModel { origin: origin.into(), problem: problem.into() }
+        Error::BadModel {
+            origin: origin.into(),
+            problem: problem.into(),
+        }
     }
     pub(crate) fn bad_data(origin: impl Into<String>, problem: impl Into<String>) -> Self {
-        Error::BadData { origin: origin.into(), problem: problem.into() }
+        Error::BadData {
+            origin: origin.into(),
+            problem: problem.into(),
+        }
     }
     pub(crate) fn tract(context: impl Into<String>, err: impl std::fmt::Display) -> Self {
         // `{:#}` on anyhow-style errors prints the whole context chain on one line.
-        Error::Tract { context: context.into(), message: format!("{err:#}") }
+        Error::Tract {
+            context: context.into(),
+            message: format!("{err:#}"),
+        }
     }
 }
 

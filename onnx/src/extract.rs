@@ -40,7 +40,10 @@ pub fn value_info(name: &str, elem: i32, dims: Option<&[Dim]>) -> ValueInfoProto
         name: name.to_string(),
         r#type: Some(TypeProto {
             denotation: String::new(),
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: elem, shape })),
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: elem,
+                shape,
+            })),
         }),
         doc_string: String::new(),
     }
@@ -56,7 +59,13 @@ pub fn batched(shape: &[usize]) -> Vec<Dim> {
     shape
         .iter()
         .enumerate()
-        .map(|(i, &d)| if i == 0 { Dim::Param("batch".into()) } else { Dim::Fixed(d) })
+        .map(|(i, &d)| {
+            if i == 0 {
+                Dim::Param("batch".into())
+            } else {
+                Dim::Fixed(d)
+            }
+        })
         .collect()
 }
 
@@ -71,7 +80,15 @@ fn model_like(base: &ModelProto, mut graph: GraphProto) -> ModelProto {
             .initializer
             .iter()
             .filter(|t| !listed.contains(&t.name))
-            .map(|t| value_info(&t.name, t.data_type, Some(&fixed(&t.dims.iter().map(|&d| d as usize).collect::<Vec<_>>()))))
+            .map(|t| {
+                value_info(
+                    &t.name,
+                    t.data_type,
+                    Some(&fixed(
+                        &t.dims.iter().map(|&d| d as usize).collect::<Vec<_>>(),
+                    )),
+                )
+            })
             .collect();
         graph.input.extend(extra);
     }
@@ -89,9 +106,20 @@ fn model_like(base: &ModelProto, mut graph: GraphProto) -> ModelProto {
 }
 
 /// Copy the initializers that `nodes` read.
-fn used_initializers(graph: &GraphProto, nodes: &[tract_onnx::pb::NodeProto]) -> Vec<tract_onnx::pb::TensorProto> {
-    let read: HashSet<&str> = nodes.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
-    graph.initializer.iter().filter(|t| read.contains(t.name.as_str())).cloned().collect()
+fn used_initializers(
+    graph: &GraphProto,
+    nodes: &[tract_onnx::pb::NodeProto],
+) -> Vec<tract_onnx::pb::TensorProto> {
+    let read: HashSet<&str> = nodes
+        .iter()
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .collect();
+    graph
+        .initializer
+        .iter()
+        .filter(|t| read.contains(t.name.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// Extract span `from -> to` as a standalone model whose input `from` has the
@@ -104,10 +132,16 @@ pub fn extract_span(
     input_dims: &[Dim],
     output_dims: Option<&[Dim]>,
 ) -> Result<ModelProto> {
-    let graph = model.graph.as_ref().ok_or_else(|| Error::Graph("model has no graph".into()))?;
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| Error::Graph("model has no graph".into()))?;
     let ids = index.nodes_between(graph, &span.from, &[span.to.as_str()])?;
     if ids.is_empty() {
-        return Err(Error::Graph(format!("span `{}` -> `{}` contains no node", span.from, span.to)));
+        return Err(Error::Graph(format!(
+            "span `{}` -> `{}` contains no node",
+            span.from, span.to
+        )));
     }
     let nodes: Vec<_> = ids.iter().map(|&i| graph.node[i].clone()).collect();
     let sub = GraphProto {
@@ -127,13 +161,23 @@ pub fn extract_span(
 /// reads of that tensor are rewired to the previous output. The result keeps
 /// the model's declared input (dynamic batch included).
 pub fn materialise(model: &ModelProto, index: &GraphIndex, path: &[Span]) -> Result<ModelProto> {
-    let graph = model.graph.as_ref().ok_or_else(|| Error::Graph("model has no graph".into()))?;
-    let first = path.first().ok_or_else(|| Error::Graph("an empty path has no subnet".into()))?;
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| Error::Graph("model has no graph".into()))?;
+    let first = path
+        .first()
+        .ok_or_else(|| Error::Graph("an empty path has no subnet".into()))?;
     let input_vi = graph
         .input
         .iter()
         .find(|i| i.name == first.from)
-        .ok_or_else(|| Error::Graph(format!("the path starts at `{}`, which is not a graph input", first.from)))?
+        .ok_or_else(|| {
+            Error::Graph(format!(
+                "the path starts at `{}`, which is not a graph input",
+                first.from
+            ))
+        })?
         .clone();
     let mut taken: HashMap<usize, usize> = HashMap::new(); // node -> span that took it
     let mut nodes = Vec::new();

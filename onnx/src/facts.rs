@@ -37,32 +37,47 @@ pub struct ModelFacts {
 
 impl ModelFacts {
     pub fn get(&self, name: &str) -> Result<&TensorFact> {
-        self.tensors
-            .get(name)
-            .ok_or_else(|| Error::Graph(format!("the shape of tensor `{name}` could not be inferred")))
+        self.tensors.get(name).ok_or_else(|| {
+            Error::Graph(format!(
+                "the shape of tensor `{name}` could not be inferred"
+            ))
+        })
     }
 }
 
 /// The declared shape of a graph input, with `batch` substituted for a
 /// symbolic first dimension. Any other symbolic dimension is an error.
 pub fn input_shape(model: &ModelProto, input: &str, batch: usize) -> Result<Vec<usize>> {
-    let graph = model.graph.as_ref().ok_or_else(|| Error::Graph("model has no graph".into()))?;
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| Error::Graph("model has no graph".into()))?;
     let vi = graph
         .input
         .iter()
         .find(|i| i.name == input)
         .ok_or_else(|| Error::Graph(format!("`{input}` is not a graph input")))?;
     let dims = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-        Some(type_proto::Value::TensorType(t)) => t.shape.as_ref().map(|s| s.dim.clone()).unwrap_or_default(),
-        None => return Err(Error::Graph(format!("graph input `{input}` has no tensor type"))),
+        Some(type_proto::Value::TensorType(t)) => {
+            t.shape.as_ref().map(|s| s.dim.clone()).unwrap_or_default()
+        }
+        None => {
+            return Err(Error::Graph(format!(
+                "graph input `{input}` has no tensor type"
+            )))
+        }
     };
     if dims.is_empty() {
-        return Err(Error::Graph(format!("graph input `{input}` has no declared shape")));
+        return Err(Error::Graph(format!(
+            "graph input `{input}` has no declared shape"
+        )));
     }
     dims.iter()
         .enumerate()
         .map(|(axis, d)| match &d.value {
-            Some(DimValue::DimValue(v)) if *v > 0 => Ok(if axis == 0 { batch } else { *v as usize }),
+            Some(DimValue::DimValue(v)) if *v > 0 => {
+                Ok(if axis == 0 { batch } else { *v as usize })
+            }
             _ if axis == 0 => Ok(batch),
             other => Err(Error::Graph(format!(
                 "graph input `{input}` has a non-concrete dimension {other:?} on axis {axis}"
@@ -122,9 +137,15 @@ pub fn infer_facts(model: &ModelProto, batch: usize) -> Result<ModelFacts> {
     crate::guard("analysing shapes", || inference.analyse(false))?;
     let mut tensors = HashMap::new();
     for (name, outlet) in parsed.outlets_by_name.iter() {
-        let Ok(fact) = inference.outlet_fact(*outlet) else { continue };
-        let Some(dtype) = fact.datum_type.concretize() else { continue };
-        let Some(dims) = fact.shape.concretize() else { continue };
+        let Ok(fact) = inference.outlet_fact(*outlet) else {
+            continue;
+        };
+        let Some(dtype) = fact.datum_type.concretize() else {
+            continue;
+        };
+        let Some(dims) = fact.shape.concretize() else {
+            continue;
+        };
         let dims: Option<Vec<usize>> = dims.iter().map(|d| d.to_usize().ok()).collect();
         if let Some(shape) = dims {
             tensors.insert(name.clone(), TensorFact { shape, dtype });
@@ -134,10 +155,12 @@ pub fn infer_facts(model: &ModelProto, batch: usize) -> Result<ModelFacts> {
     if let Some(graph) = model.graph.as_ref() {
         for init in &graph.initializer {
             if let Some(dt) = onnx_elem_to_datum(init.data_type) {
-                tensors.entry(init.name.clone()).or_insert_with(|| TensorFact {
-                    shape: init.dims.iter().map(|&d| d.max(0) as usize).collect(),
-                    dtype: dt,
-                });
+                tensors
+                    .entry(init.name.clone())
+                    .or_insert_with(|| TensorFact {
+                        shape: init.dims.iter().map(|&d| d.max(0) as usize).collect(),
+                        dtype: dt,
+                    });
             }
         }
     }

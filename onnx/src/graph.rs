@@ -12,8 +12,19 @@ use crate::error::{Error, Result};
 /// Ops whose single data input passes through element by element: the
 /// activations that may follow a merge or a weighted op inside one unit.
 pub const ELEMENTWISE_UNARY: &[&str] = &[
-    "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
-    "PRelu", "Softplus", "Mish", "Gelu",
+    "Relu",
+    "Clip",
+    "LeakyRelu",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Tanh",
+    "Elu",
+    "Selu",
+    "PRelu",
+    "Softplus",
+    "Mish",
+    "Gelu",
 ];
 
 /// Ops that carry learned weights and do the bulk of the arithmetic.
@@ -49,14 +60,18 @@ pub struct GraphIndex {
 impl GraphIndex {
     /// Build the index of a model's main graph.
     pub fn of_model(model: &ModelProto) -> Result<GraphIndex> {
-        let graph = model.graph.as_ref().ok_or_else(|| Error::Graph("model has no graph".into()))?;
+        let graph = model
+            .graph
+            .as_ref()
+            .ok_or_else(|| Error::Graph("model has no graph".into()))?;
         GraphIndex::new(graph)
     }
 
     /// Build the index; fails on a node reading a tensor that nothing
     /// provides, on a tensor produced twice, and on cycles.
     pub fn new(graph: &GraphProto) -> Result<GraphIndex> {
-        let initializers: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        let initializers: HashSet<&str> =
+            graph.initializer.iter().map(|t| t.name.as_str()).collect();
         let inputs: Vec<String> = graph
             .input
             .iter()
@@ -67,7 +82,9 @@ impl GraphIndex {
         for (ix, node) in graph.node.iter().enumerate() {
             for out in node.output.iter().filter(|o| !o.is_empty()) {
                 if producer.insert(out.clone(), ix).is_some() {
-                    return Err(Error::Graph(format!("tensor `{out}` is produced by two nodes")));
+                    return Err(Error::Graph(format!(
+                        "tensor `{out}` is produced by two nodes"
+                    )));
                 }
             }
         }
@@ -95,11 +112,15 @@ impl GraphIndex {
         let n = graph.node.len();
         let mut pending: Vec<usize> = vec![0; n];
         for (ix, node) in graph.node.iter().enumerate() {
-            let deps: HashSet<usize> =
-                node.input.iter().filter_map(|i| producer.get(i).copied()).collect();
+            let deps: HashSet<usize> = node
+                .input
+                .iter()
+                .filter_map(|i| producer.get(i).copied())
+                .collect();
             pending[ix] = deps.len();
         }
-        let mut ready: std::collections::BTreeSet<usize> = (0..n).filter(|&i| pending[i] == 0).collect();
+        let mut ready: std::collections::BTreeSet<usize> =
+            (0..n).filter(|&i| pending[i] == 0).collect();
         let mut order = Vec::with_capacity(n);
         while let Some(ix) = ready.pop_first() {
             order.push(ix);
@@ -128,7 +149,11 @@ impl GraphIndex {
         let mut const_node = vec![false; n];
         for &ix in &order {
             let node = &graph.node[ix];
-            let is_const = node.input.iter().filter(|i| !i.is_empty()).all(|i| constant.contains(i));
+            let is_const = node
+                .input
+                .iter()
+                .filter(|i| !i.is_empty())
+                .all(|i| constant.contains(i));
             if is_const {
                 const_node[ix] = true;
                 constant.extend(node.output.iter().filter(|o| !o.is_empty()).cloned());
@@ -157,7 +182,17 @@ impl GraphIndex {
                 needed.extend(node.input.iter().map(String::as_str));
             }
         }
-        Ok(GraphIndex { producer, consumers, constant, const_node, inputs, outputs, order, position, live })
+        Ok(GraphIndex {
+            producer,
+            consumers,
+            constant,
+            const_node,
+            inputs,
+            outputs,
+            order,
+            position,
+            live,
+        })
     }
 
     /// The single data input, or an error naming how many there are.
@@ -174,7 +209,10 @@ impl GraphIndex {
 
     /// The first graph output.
     pub fn main_output(&self) -> Result<&str> {
-        self.outputs.first().map(String::as_str).ok_or_else(|| Error::Graph("the model has no outputs".into()))
+        self.outputs
+            .first()
+            .map(String::as_str)
+            .ok_or_else(|| Error::Graph("the model has no outputs".into()))
     }
 
     /// Non-constant inputs of a node (its data inputs).
@@ -201,11 +239,18 @@ impl GraphIndex {
     /// Fails when a target depends on a data input other than `from`, i.e.
     /// when `from` is not a cut for the targets. Returns node indices in
     /// topological order.
-    pub fn nodes_between(&self, graph: &GraphProto, from: &str, targets: &[&str]) -> Result<Vec<usize>> {
+    pub fn nodes_between(
+        &self,
+        graph: &GraphProto,
+        from: &str,
+        targets: &[&str],
+    ) -> Result<Vec<usize>> {
         let mut stack: Vec<&str> = Vec::new();
         for &t in targets {
             if t != from && !self.producer.contains_key(t) && !self.constant.contains(t) {
-                return Err(Error::Graph(format!("tensor `{t}` is not produced by any node")));
+                return Err(Error::Graph(format!(
+                    "tensor `{t}` is not produced by any node"
+                )));
             }
             stack.push(t);
         }
@@ -218,7 +263,13 @@ impl GraphIndex {
             match self.producer.get(t) {
                 Some(&p) => {
                     if nodes.insert(p) {
-                        stack.extend(graph.node[p].input.iter().filter(|i| !i.is_empty()).map(String::as_str));
+                        stack.extend(
+                            graph.node[p]
+                                .input
+                                .iter()
+                                .filter(|i| !i.is_empty())
+                                .map(String::as_str),
+                        );
                     }
                 }
                 None => {
@@ -226,7 +277,11 @@ impl GraphIndex {
                         return Err(Error::Graph(format!(
                             "`{}` is not a cut before {}: they also depend on the input `{t}`",
                             from,
-                            targets.iter().map(|t| format!("`{t}`")).collect::<Vec<_>>().join(", ")
+                            targets
+                                .iter()
+                                .map(|t| format!("`{t}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         )));
                     }
                 }

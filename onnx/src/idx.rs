@@ -54,27 +54,49 @@ pub fn parse_idx(raw: &[u8], origin: &str) -> Result<IdxArray> {
         return Err(Error::bad_data(origin, "too short for an IDX header"));
     }
     if bytes[0] != 0 || bytes[1] != 0 {
-        return Err(Error::bad_data(origin, "not an IDX file (bad magic number)"));
+        return Err(Error::bad_data(
+            origin,
+            "not an IDX file (bad magic number)",
+        ));
     }
     if bytes[2] != 0x08 {
-        return Err(Error::bad_data(origin, format!("IDX element type 0x{:02x} is not unsigned byte (0x08)", bytes[2])));
+        return Err(Error::bad_data(
+            origin,
+            format!(
+                "IDX element type 0x{:02x} is not unsigned byte (0x08)",
+                bytes[2]
+            ),
+        ));
     }
     let ndim = bytes[3] as usize;
     if ndim == 0 || bytes.len() < 4 + 4 * ndim {
         return Err(Error::bad_data(origin, "truncated IDX header"));
     }
     let dims: Vec<usize> = (0..ndim)
-        .map(|k| u32::from_be_bytes([bytes[4 + 4 * k], bytes[5 + 4 * k], bytes[6 + 4 * k], bytes[7 + 4 * k]]) as usize)
+        .map(|k| {
+            u32::from_be_bytes([
+                bytes[4 + 4 * k],
+                bytes[5 + 4 * k],
+                bytes[6 + 4 * k],
+                bytes[7 + 4 * k],
+            ]) as usize
+        })
         .collect();
     let expected: usize = dims.iter().product();
     let data = &bytes[4 + 4 * ndim..];
     if data.len() != expected {
         return Err(Error::bad_data(
             origin,
-            format!("IDX header says {dims:?} ({expected} bytes) but the file holds {} bytes", data.len()),
+            format!(
+                "IDX header says {dims:?} ({expected} bytes) but the file holds {} bytes",
+                data.len()
+            ),
         ));
     }
-    Ok(IdxArray { dims, data: data.to_vec() })
+    Ok(IdxArray {
+        dims,
+        data: data.to_vec(),
+    })
 }
 
 #[cfg(test)]
@@ -98,9 +120,18 @@ mod tests {
         let mut ok = vec![0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9];
         assert_eq!(parse_idx(&ok, "t").unwrap().data, vec![7, 8, 9]);
         ok.pop();
-        assert!(parse_idx(&ok, "t").unwrap_err().to_string().contains("holds 2 bytes"));
+        assert!(parse_idx(&ok, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("holds 2 bytes"));
         assert!(parse_idx(&[1, 2, 8, 1], "t").is_err());
-        assert!(parse_idx(&[0, 0, 0x0d, 1, 0, 0, 0, 0], "t").unwrap_err().to_string().contains("unsigned byte"));
-        assert!(parse_idx(&[0x1f, 0x8b, 1, 2, 3], "t.gz").unwrap_err().to_string().contains("gzip"));
+        assert!(parse_idx(&[0, 0, 0x0d, 1, 0, 0, 0, 0], "t")
+            .unwrap_err()
+            .to_string()
+            .contains("unsigned byte"));
+        assert!(parse_idx(&[0x1f, 0x8b, 1, 2, 3], "t.gz")
+            .unwrap_err()
+            .to_string()
+            .contains("gzip"));
     }
 }

@@ -4,6 +4,7 @@
 //! plans, materialises subnets, and reads the datasets the tools use.
 
 pub mod blocks;
+pub mod branches;
 pub mod bundle;
 pub mod cuts;
 pub mod dataset;
@@ -17,6 +18,8 @@ pub mod npy;
 pub mod oracle;
 pub mod plan;
 pub mod stats;
+pub mod supernet;
+pub mod weights;
 
 pub use blocks::{detect_blocks, BlockLayout, Span};
 pub use error::{Error, Result};
@@ -33,7 +36,10 @@ pub use tract_onnx;
 
 /// Run a tract call, turning both its errors and any panic inside it into an
 /// [`Error::Tract`] with `context`, so bad models never take a process down.
-pub(crate) fn guard<T>(context: &str, f: impl FnOnce() -> tract_onnx::prelude::TractResult<T>) -> Result<T> {
+pub(crate) fn guard<T>(
+    context: &str,
+    f: impl FnOnce() -> tract_onnx::prelude::TractResult<T>,
+) -> Result<T> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(Error::tract(context, e)),

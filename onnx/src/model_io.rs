@@ -21,7 +21,10 @@ pub fn load_model(path: impl AsRef<Path>) -> Result<ModelProto> {
 /// (a path, or `bundle.tar:supernet.onnx`) in error messages.
 pub fn decode_model(bytes: &[u8], origin: &str) -> Result<ModelProto> {
     if bytes.is_empty() {
-        return Err(Error::bad_model(origin, "the file is empty; expected an ONNX model"));
+        return Err(Error::bad_model(
+            origin,
+            "the file is empty; expected an ONNX model",
+        ));
     }
     let model = ModelProto::decode(bytes).map_err(|e| {
         Error::bad_model(
@@ -40,7 +43,10 @@ pub fn decode_model(bytes: &[u8], origin: &str) -> Result<ModelProto> {
 /// decode as protobuf: a graph with nodes, inputs and outputs, an IR version
 /// and an operator set, and outputs that something produces.
 fn validate(model: &ModelProto) -> std::result::Result<(), String> {
-    let graph = model.graph.as_ref().ok_or("not an ONNX model: it has no graph")?;
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or("not an ONNX model: it has no graph")?;
     if model.ir_version <= 0 {
         return Err("not an ONNX model: no IR version".into());
     }
@@ -53,7 +59,8 @@ fn validate(model: &ModelProto) -> std::result::Result<(), String> {
     if graph.output.is_empty() {
         return Err("the graph has no outputs".into());
     }
-    let mut known: std::collections::HashSet<&str> = graph.input.iter().map(|i| i.name.as_str()).collect();
+    let mut known: std::collections::HashSet<&str> =
+        graph.input.iter().map(|i| i.name.as_str()).collect();
     known.extend(graph.initializer.iter().map(|t| t.name.as_str()));
     for node in &graph.node {
         if node.op_type.is_empty() {
@@ -63,7 +70,10 @@ fn validate(model: &ModelProto) -> std::result::Result<(), String> {
     }
     for out in &graph.output {
         if !known.contains(out.name.as_str()) {
-            return Err(format!("graph output `{}` is produced by no node", out.name));
+            return Err(format!(
+                "graph output `{}` is produced by no node",
+                out.name
+            ));
         }
     }
     Ok(())
@@ -90,7 +100,11 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| Error::io(path, std::io::Error::other("not a file path")))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
@@ -109,7 +123,8 @@ mod tests {
     use super::*;
 
     fn fixture() -> Vec<u8> {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/oracle/fmnist_resnet.onnx");
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/oracle/fmnist_resnet.onnx");
         std::fs::read(p).expect("fixture present")
     }
 
@@ -130,12 +145,17 @@ mod tests {
             ("text", b"name,value\nalpha,1\n".to_vec()),
             ("zeros", vec![0u8; 64]),
         ] {
-            let err = decode_model(&input, "/some/model.onnx").expect_err(what).to_string();
+            let err = decode_model(&input, "/some/model.onnx")
+                .expect_err(what)
+                .to_string();
             assert!(err.starts_with("/some/model.onnx: "), "{what}: {err}");
             assert!(!err.contains('\n'), "{what}: {err}");
         }
         for cut in [1, 10, 100, 1000, 10_000, 100_000] {
-            assert!(decode_model(&bytes[..cut], "x").is_err(), "prefix of {cut} bytes accepted");
+            assert!(
+                decode_model(&bytes[..cut], "x").is_err(),
+                "prefix of {cut} bytes accepted"
+            );
         }
     }
 
@@ -147,7 +167,11 @@ mod tests {
         let p = dir.join("m.onnx");
         save_model(&p, &m).unwrap();
         assert_eq!(load_model(&p).unwrap(), m);
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
         let err = load_model(dir.join("nope.onnx")).unwrap_err().to_string();
         assert!(err.contains("nope.onnx"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -58,10 +58,14 @@ impl Oracle {
     /// Analyse an already decoded model.
     pub fn from_model(model: ModelProto, origin: &str, cuts: Option<&[String]>) -> Result<Oracle> {
         let ctx = |e: Error| match e {
-            Error::Graph(m) => Error::BadModel { origin: origin.to_string(), problem: m },
-            Error::Tract { context, message } => {
-                Error::BadModel { origin: origin.to_string(), problem: format!("tract: {context}: {message}") }
-            }
+            Error::Graph(m) => Error::BadModel {
+                origin: origin.to_string(),
+                problem: m,
+            },
+            Error::Tract { context, message } => Error::BadModel {
+                origin: origin.to_string(),
+                problem: format!("tract: {context}: {message}"),
+            },
             other => other,
         };
         let index = GraphIndex::of_model(&model).map_err(ctx)?;
@@ -71,12 +75,21 @@ impl Oracle {
         for cut in &layout.cuts {
             facts.get(cut).map_err(ctx)?;
         }
-        Ok(Oracle { origin: origin.to_string(), model, index, layout, facts })
+        Ok(Oracle {
+            origin: origin.to_string(),
+            model,
+            index,
+            layout,
+            facts,
+        })
     }
 
     pub fn graph(&self) -> &GraphProto {
         // from_model checked the graph exists
-        self.model.graph.as_ref().expect("oracle models always have a graph")
+        self.model
+            .graph
+            .as_ref()
+            .expect("oracle models always have a graph")
     }
 
     /// Tensor facts at batch `batch` (cheap for batch 1, inferred otherwise).
@@ -129,5 +142,8 @@ impl Oracle {
 }
 
 fn graph_of(model: &ModelProto) -> Result<&GraphProto> {
-    model.graph.as_ref().ok_or_else(|| Error::Graph("model has no graph".into()))
+    model
+        .graph
+        .as_ref()
+        .ok_or_else(|| Error::Graph("model has no graph".into()))
 }

@@ -32,7 +32,11 @@ impl Plan {
                 .with_input_fact(0, f32::fact(shape).into())?;
             model.into_optimized()?.into_runnable()
         })?;
-        Ok(Plan { label: label.to_string(), input_shape: shape.to_vec(), runnable })
+        Ok(Plan {
+            label: label.to_string(),
+            input_shape: shape.to_vec(),
+            runnable,
+        })
     }
 
     /// Compile a whole model at batch size `batch`.
@@ -45,11 +49,20 @@ impl Plan {
 
     /// Compile span `span` of `model`, using `facts` for its input shape (the
     /// batch size of the facts is the plan's batch size).
-    pub fn for_span(model: &ModelProto, index: &GraphIndex, facts: &ModelFacts, span: &Span) -> Result<Plan> {
+    pub fn for_span(
+        model: &ModelProto,
+        index: &GraphIndex,
+        facts: &ModelFacts,
+        span: &Span,
+    ) -> Result<Plan> {
         let in_shape = facts.get(&span.from)?.shape.clone();
         let out_dims = facts.tensors.get(&span.to).map(|f| fixed(&f.shape));
         let proto = extract_span(model, index, span, &fixed(&in_shape), out_dims.as_deref())?;
-        Plan::from_proto(&proto, &in_shape, &format!("span `{}` -> `{}`", span.from, span.to))
+        Plan::from_proto(
+            &proto,
+            &in_shape,
+            &format!("span `{}` -> `{}`", span.from, span.to),
+        )
     }
 
     /// Run the plan on one tensor; returns its first output.
@@ -62,9 +75,14 @@ impl Plan {
                 self.input_shape
             )));
         }
-        let mut out = crate::guard(&format!("running {}", self.label), || self.runnable.run(tvec!(input.into())))?;
+        let mut out = crate::guard(&format!("running {}", self.label), || {
+            self.runnable.run(tvec!(input.into()))
+        })?;
         if out.is_empty() {
-            return Err(Error::Graph(format!("{}: the plan produced no output", self.label)));
+            return Err(Error::Graph(format!(
+                "{}: the plan produced no output",
+                self.label
+            )));
         }
         Ok(out.remove(0).into_tensor())
     }
@@ -78,8 +96,16 @@ pub struct ChainedPlans {
 
 impl ChainedPlans {
     /// Compile every span of `path` at the batch size of `facts`.
-    pub fn compile(model: &ModelProto, index: &GraphIndex, facts: &ModelFacts, path: &[Span]) -> Result<ChainedPlans> {
-        let plans = path.iter().map(|s| Plan::for_span(model, index, facts, s)).collect::<Result<_>>()?;
+    pub fn compile(
+        model: &ModelProto,
+        index: &GraphIndex,
+        facts: &ModelFacts,
+        path: &[Span],
+    ) -> Result<ChainedPlans> {
+        let plans = path
+            .iter()
+            .map(|s| Plan::for_span(model, index, facts, s))
+            .collect::<Result<_>>()?;
         Ok(ChainedPlans { plans })
     }
 

@@ -29,12 +29,20 @@ pub fn oracle_preprocess() -> anyhow::Result<Preprocess> {
     let num = |k: &str| -> anyhow::Result<Vec<f32>> {
         let x = &v[k];
         if let Some(a) = x.as_array() {
-            Ok(a.iter().filter_map(|e| e.as_f64()).map(|f| f as f32).collect())
+            Ok(a.iter()
+                .filter_map(|e| e.as_f64())
+                .map(|f| f as f32)
+                .collect())
         } else {
-            x.as_f64().map(|f| vec![f as f32]).ok_or_else(|| anyhow::anyhow!("{}: no `{k}`", path.display()))
+            x.as_f64()
+                .map(|f| vec![f as f32])
+                .ok_or_else(|| anyhow::anyhow!("{}: no `{k}`", path.display()))
         }
     };
-    Ok(Preprocess { mean: num("mean")?, std: num("std")? })
+    Ok(Preprocess {
+        mean: num("mean")?,
+        std: num("std")?,
+    })
 }
 
 /// The committed 1,000-image Fashion-MNIST test subset.
@@ -61,5 +69,10 @@ pub fn fmnist_test_full() -> anyhow::Result<Dataset> {
         "{} is missing: install Debian's dataset-fashion-mnist (as .ci/run does)",
         images.display()
     );
-    Ok(Dataset::from_idx(&images, Some(&labels), &oracle_preprocess()?, 0..usize::MAX)?)
+    Ok(Dataset::from_idx(
+        &images,
+        Some(&labels),
+        &oracle_preprocess()?,
+        0..usize::MAX,
+    )?)
 }

@@ -13,7 +13,14 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 /// Convolution of `x` [N,C,H,W] with `w` [O,C/groups,kh,kw], symmetric
 /// `padding`, square `stride` and `dilation`. Same result as
 /// `x.conv2d(w, padding, stride, dilation, groups)`.
-pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize, dilation: usize, groups: usize) -> Result<Tensor> {
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
     let custom_backend = x.device().is_cpu() || (cfg!(feature = "cuda") && x.device().is_cuda());
     if !(x.track_op() || w.track_op()) || !custom_backend {
         return x.conv2d(w, padding, stride, dilation, groups);
@@ -28,8 +35,19 @@ pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize, dilation: u
             .collect::<Result<Vec<_>>>()?;
         return Tensor::cat(&ys, 1);
     }
-    let y = x.detach().conv2d(&w.detach(), padding, stride, dilation, 1)?.contiguous()?;
-    x.apply_op3(w, &y, ConvBackward { padding, stride, dilation })
+    let y = x
+        .detach()
+        .conv2d(&w.detach(), padding, stride, dilation, 1)?
+        .contiguous()?;
+    x.apply_op3(
+        w,
+        &y,
+        ConvBackward {
+            padding,
+            stride,
+            dilation,
+        },
+    )
 }
 
 /// Passes the precomputed output through and carries the backward pass.
@@ -87,8 +105,16 @@ impl CustomOp3 for ConvBackward {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let gx = if x.track_op() { Some(self.input_grad(x, w, grad)?) } else { None };
-        let gw = if w.track_op() { Some(self.weight_grad(x, w, grad)?) } else { None };
+        let gx = if x.track_op() {
+            Some(self.input_grad(x, w, grad)?)
+        } else {
+            None
+        };
+        let gw = if w.track_op() {
+            Some(self.weight_grad(x, w, grad)?)
+        } else {
+            None
+        };
         Ok((gx, gw, None))
     }
 }
@@ -147,7 +173,13 @@ impl ConvBackward {
         let gw = x
             .detach()
             .transpose(0, 1)?
-            .conv2d(&grad.transpose(0, 1)?, self.padding, self.dilation, self.stride, 1)?
+            .conv2d(
+                &grad.transpose(0, 1)?,
+                self.padding,
+                self.dilation,
+                self.stride,
+                1,
+            )?
             .transpose(0, 1)?;
         let (_, _, gh, gwid) = gw.dims4()?;
         if gh != kh || gwid != kw {

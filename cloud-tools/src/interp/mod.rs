@@ -32,7 +32,11 @@ pub enum InterpError {
     #[error("op `{op}` (node {node}) is not supported by the training interpreter")]
     Unsupported { op: String, node: String },
     #[error("node {node} ({op}): {msg}")]
-    Node { op: String, node: String, msg: String },
+    Node {
+        op: String,
+        node: String,
+        msg: String,
+    },
     #[error("tensor `{name}`: {msg}")]
     Tensor { name: String, msg: String },
     #[error("trainable parameter `{name}`: {msg}")]
@@ -52,7 +56,10 @@ fn node_label(node: &NodeProto, ix: usize) -> String {
     if !node.name.is_empty() {
         format!("`{}`", node.name)
     } else {
-        format!("#{ix} (output `{}`)", node.output.first().map(String::as_str).unwrap_or(""))
+        format!(
+            "#{ix} (output `{}`)",
+            node.output.first().map(String::as_str).unwrap_or("")
+        )
     }
 }
 
@@ -78,7 +85,14 @@ impl std::fmt::Debug for Interpreter {
         f.debug_struct("Interpreter")
             .field("nodes", &self.graph.node.len())
             .field("consts", &self.consts.len())
-            .field("trainable", &self.vars.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>())
+            .field(
+                "trainable",
+                &self
+                    .vars
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -86,11 +100,14 @@ impl std::fmt::Debug for Interpreter {
 impl Interpreter {
     /// Load `model` on `device`; the initializers named in `trainable`
     /// become variables (each must be a float initializer).
-    pub fn new(model: &ModelProto, trainable: &HashSet<String>, device: &Device) -> Result<Interpreter> {
-        let full = model
-            .graph
-            .as_ref()
-            .ok_or_else(|| InterpError::Graph(adaptivenet_onnx::Error::Graph("model has no graph".into())))?;
+    pub fn new(
+        model: &ModelProto,
+        trainable: &HashSet<String>,
+        device: &Device,
+    ) -> Result<Interpreter> {
+        let full = model.graph.as_ref().ok_or_else(|| {
+            InterpError::Graph(adaptivenet_onnx::Error::Graph("model has no graph".into()))
+        })?;
         let index = GraphIndex::new(full)?;
         let opset = model
             .opset_import
@@ -100,10 +117,16 @@ impl Interpreter {
             .unwrap_or(13);
 
         let init_names: HashSet<&str> = full.initializer.iter().map(|t| t.name.as_str()).collect();
-        let mut missing: Vec<&String> = trainable.iter().filter(|n| !init_names.contains(n.as_str())).collect();
+        let mut missing: Vec<&String> = trainable
+            .iter()
+            .filter(|n| !init_names.contains(n.as_str()))
+            .collect();
         missing.sort();
         if let Some(name) = missing.first() {
-            return Err(InterpError::Trainable { name: name.to_string(), msg: "the model has no initializer of that name".into() });
+            return Err(InterpError::Trainable {
+                name: name.to_string(),
+                msg: "the model has no initializer of that name".into(),
+            });
         }
 
         let mut consts = HashMap::new();
@@ -114,14 +137,21 @@ impl Interpreter {
                 match v {
                     Value::Float(x) => vars.push((t.name.clone(), Var::from_tensor(&x)?)),
                     Value::Int(_) => {
-                        return Err(InterpError::Trainable { name: t.name.clone(), msg: "not a float tensor".into() })
+                        return Err(InterpError::Trainable {
+                            name: t.name.clone(),
+                            msg: "not a float tensor".into(),
+                        })
                     }
                 }
             } else {
                 consts.insert(t.name.clone(), v);
             }
         }
-        let var_index = vars.iter().enumerate().map(|(i, (n, _))| (n.clone(), i)).collect();
+        let var_index = vars
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n.clone(), i))
+            .collect();
 
         let graph = GraphProto {
             node: full.node.clone(),
@@ -130,8 +160,16 @@ impl Interpreter {
             name: full.name.clone(),
             ..Default::default()
         };
-        let mut interp =
-            Interpreter { graph, index, opset, device: device.clone(), consts, vars, var_index, folded: Vec::new() };
+        let mut interp = Interpreter {
+            graph,
+            index,
+            opset,
+            device: device.clone(),
+            consts,
+            vars,
+            var_index,
+            folded: Vec::new(),
+        };
         interp.fold_constants();
         Ok(interp)
     }
@@ -151,7 +189,13 @@ impl Interpreter {
             let inputs: Option<Vec<Option<Value>>> = node
                 .input
                 .iter()
-                .map(|i| if i.is_empty() { Some(None) } else { self.consts.get(i).map(|v| Some(v.clone())) })
+                .map(|i| {
+                    if i.is_empty() {
+                        Some(None)
+                    } else {
+                        self.consts.get(i).map(|v| Some(v.clone()))
+                    }
+                })
                 .collect();
             let Some(inputs) = inputs else { continue };
             let all = node.output.iter().map(|o| !o.is_empty()).collect();
@@ -168,21 +212,55 @@ impl Interpreter {
     }
 
     /// Run node `ix` on its inputs.
-    fn run_node(&self, ix: usize, inputs: Vec<Option<Value>>, outputs_needed: Vec<bool>) -> Result<Vec<Value>> {
+    fn run_node(
+        &self,
+        ix: usize,
+        inputs: Vec<Option<Value>>,
+        outputs_needed: Vec<bool>,
+    ) -> Result<Vec<Value>> {
         let node = &self.graph.node[ix];
-        let ctx = ops::Ctx { node, inputs, device: &self.device, opset: self.opset, outputs_needed: outputs_needed.clone() };
-        let op = if node.domain.is_empty() { node.op_type.clone() } else { format!("{}::{}", node.domain, node.op_type) };
+        let ctx = ops::Ctx {
+            node,
+            inputs,
+            device: &self.device,
+            opset: self.opset,
+            outputs_needed: outputs_needed.clone(),
+        };
+        let op = if node.domain.is_empty() {
+            node.op_type.clone()
+        } else {
+            format!("{}::{}", node.domain, node.op_type)
+        };
         let outs = ops::eval(&ctx).map_err(|e| match e {
-            ops::OpError::Unsupported => InterpError::Unsupported { op: op.clone(), node: node_label(node, ix) },
-            ops::OpError::Msg(msg) => InterpError::Node { op: op.clone(), node: node_label(node, ix), msg },
-            ops::OpError::Candle(e) => InterpError::Node { op: op.clone(), node: node_label(node, ix), msg: e.to_string() },
+            ops::OpError::Unsupported => InterpError::Unsupported {
+                op: op.clone(),
+                node: node_label(node, ix),
+            },
+            ops::OpError::Msg(msg) => InterpError::Node {
+                op: op.clone(),
+                node: node_label(node, ix),
+                msg,
+            },
+            ops::OpError::Candle(e) => InterpError::Node {
+                op: op.clone(),
+                node: node_label(node, ix),
+                msg: e.to_string(),
+            },
         })?;
-        let needed = outputs_needed.iter().rposition(|&n| n).map(|p| p + 1).unwrap_or(0);
+        let needed = outputs_needed
+            .iter()
+            .rposition(|&n| n)
+            .map(|p| p + 1)
+            .unwrap_or(0);
         if outs.len() < needed {
             return Err(InterpError::Node {
                 op,
                 node: node_label(node, ix),
-                msg: format!("only {} of its {} outputs are supported", outs.len(), needed),
+                msg: format!(
+                    "only {} of its {} outputs are supported",
+                    outs.len(),
+                    needed
+                ),
             });
         }
         Ok(outs)
@@ -213,13 +291,22 @@ impl Interpreter {
                 match self.index.producer.get(t) {
                     Some(&p) => {
                         if nodes.insert(p) {
-                            stack.extend(self.graph.node[p].input.iter().filter(|i| !i.is_empty()).map(String::as_str));
+                            stack.extend(
+                                self.graph.node[p]
+                                    .input
+                                    .iter()
+                                    .filter(|i| !i.is_empty())
+                                    .map(String::as_str),
+                            );
                         }
                     }
                     None => {
                         let mut fed: Vec<&str> = fed.iter().copied().collect();
                         fed.sort_unstable();
-                        return Err(InterpError::NotFed { name: t.to_string(), fed: fed.join(", ") });
+                        return Err(InterpError::NotFed {
+                            name: t.to_string(),
+                            fed: fed.join(", "),
+                        });
                     }
                 }
             }
@@ -241,7 +328,10 @@ impl Interpreter {
                 || self.index.inputs.iter().any(|i| i.as_str() == *name)
                 || self.stored(name).is_some();
             if !known {
-                return Err(InterpError::Tensor { name: name.to_string(), msg: "fed, but the graph has no such tensor".into() });
+                return Err(InterpError::Tensor {
+                    name: name.to_string(),
+                    msg: "fed, but the graph has no such tensor".into(),
+                });
             }
             values.insert(*name, Value::from_tensor(t)?);
         }
@@ -279,7 +369,9 @@ impl Interpreter {
             let needed = node
                 .output
                 .iter()
-                .map(|o| !o.is_empty() && (uses.contains_key(o.as_str()) || keep.contains(o.as_str())))
+                .map(|o| {
+                    !o.is_empty() && (uses.contains_key(o.as_str()) || keep.contains(o.as_str()))
+                })
                 .collect();
             let outs = self.run_node(ix, inputs, needed)?;
             for name in node.input.iter().filter(|i| !i.is_empty()) {
@@ -335,18 +427,28 @@ impl Interpreter {
     /// Current values of the trainable initializers as ONNX float
     /// initializers with the same names and dims.
     pub fn export(&self) -> Result<Vec<TensorProto>> {
-        self.vars.iter().map(|(name, var)| params::tensor_to_proto(name, var.as_tensor())).collect()
+        self.vars
+            .iter()
+            .map(|(name, var)| params::tensor_to_proto(name, var.as_tensor()))
+            .collect()
     }
 
     /// Write the current trainable values into `model`'s initializers (by
     /// name); returns how many were replaced.
     pub fn export_into(&self, model: &mut ModelProto) -> Result<usize> {
-        let mut fresh: HashMap<String, TensorProto> = self.export()?.into_iter().map(|t| (t.name.clone(), t)).collect();
+        let mut fresh: HashMap<String, TensorProto> = self
+            .export()?
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
         let mut n = 0;
         if let Some(g) = model.graph.as_mut() {
             for init in g.initializer.iter_mut() {
                 if let Some(t) = fresh.remove(&init.name) {
-                    *init = TensorProto { doc_string: std::mem::take(&mut init.doc_string), ..t };
+                    *init = TensorProto {
+                        doc_string: std::mem::take(&mut init.doc_string),
+                        ..t
+                    };
                     n += 1;
                 }
             }

@@ -10,11 +10,48 @@ use super::value::{IntTensor, Value};
 
 /// Ops this interpreter evaluates.
 pub const SUPPORTED: &[&str] = &[
-    "Conv", "BatchNormalization", "Relu", "Clip", "Add", "Sum", "Mul", "Sub", "Div", "MaxPool", "AveragePool",
-    "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape", "Gemm", "MatMul", "Concat", "Sigmoid",
-    "HardSigmoid", "HardSwish", "Identity", "Dropout", "LeakyRelu", "Tanh", "Neg", "Exp", "Sqrt", "Abs",
-    "Softmax", "Transpose", "Squeeze", "Unsqueeze", "Shape", "Size", "Gather", "Slice", "Cast", "Constant",
-    "ConstantOfShape", "ReduceMean", "Pad",
+    "Conv",
+    "BatchNormalization",
+    "Relu",
+    "Clip",
+    "Add",
+    "Sum",
+    "Mul",
+    "Sub",
+    "Div",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "Flatten",
+    "Reshape",
+    "Gemm",
+    "MatMul",
+    "Concat",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Identity",
+    "Dropout",
+    "LeakyRelu",
+    "Tanh",
+    "Neg",
+    "Exp",
+    "Sqrt",
+    "Abs",
+    "Softmax",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Shape",
+    "Size",
+    "Gather",
+    "Slice",
+    "Cast",
+    "Constant",
+    "ConstantOfShape",
+    "ReduceMean",
+    "Pad",
 ];
 
 /// Whether `op_type` (default domain) is supported.
@@ -67,7 +104,8 @@ impl<'a> Ctx<'a> {
         self.attr(name).map(|a| a.ints.clone())
     }
     fn attr_s(&self, name: &str) -> Option<String> {
-        self.attr(name).map(|a| String::from_utf8_lossy(&a.s).into_owned())
+        self.attr(name)
+            .map(|a| String::from_utf8_lossy(&a.s).into_owned())
     }
     fn opt(&self, i: usize) -> Option<&Value> {
         self.inputs.get(i).and_then(|v| v.as_ref())
@@ -138,7 +176,9 @@ pub fn eval(ctx: &Ctx) -> R<Vec<Value>> {
         "Constant" => constant(ctx),
         "ConstantOfShape" => constant_of_shape(ctx),
         "Shape" => shape(ctx),
-        "Size" => one(Value::Int(IntTensor::scalar(ctx.input(0)?.dims().iter().product::<usize>() as i64))),
+        "Size" => one(Value::Int(IntTensor::scalar(
+            ctx.input(0)?.dims().iter().product::<usize>() as i64,
+        ))),
         "Cast" => cast(ctx),
         "Gather" => gather(ctx),
         "Unsqueeze" => unsqueeze(ctx),
@@ -164,7 +204,10 @@ pub fn eval(ctx: &Ctx) -> R<Vec<Value>> {
         }
         "Sigmoid" => f(candle_nn::ops::sigmoid(&ctx.float(0)?)?),
         "HardSigmoid" => {
-            let (a, b) = (ctx.attr_f("alpha", 0.2) as f64, ctx.attr_f("beta", 0.5) as f64);
+            let (a, b) = (
+                ctx.attr_f("alpha", 0.2) as f64,
+                ctx.attr_f("beta", 0.5) as f64,
+            );
             f(ctx.float(0)?.affine(a, b)?.clamp(0f32, 1f32)?)
         }
         "HardSwish" => {
@@ -207,7 +250,9 @@ pub fn eval(ctx: &Ctx) -> R<Vec<Value>> {
 
 fn constant(ctx: &Ctx) -> R<Vec<Value>> {
     if let Some(a) = ctx.attr("value") {
-        let t = a.t.as_ref().ok_or_else(|| OpError::Msg("attribute `value` holds no tensor".into()))?;
+        let t =
+            a.t.as_ref()
+                .ok_or_else(|| OpError::Msg("attribute `value` holds no tensor".into()))?;
         return one(tensor_from_proto(t, ctx.device).map_err(|e| OpError::Msg(e.to_string()))?);
     }
     if let Some(a) = ctx.attr("value_float") {
@@ -252,7 +297,11 @@ fn shape(ctx: &Ctx) -> R<Vec<Value>> {
     let clampi = |v: i64| if v < 0 { (v + r).max(0) } else { v.min(r) };
     let start = clampi(ctx.attr_i("start", 0));
     let end = clampi(ctx.attr_i("end", r));
-    let part = if start < end { dims[start as usize..end as usize].to_vec() } else { vec![] };
+    let part = if start < end {
+        dims[start as usize..end as usize].to_vec()
+    } else {
+        vec![]
+    };
     one(Value::Int(IntTensor::vector(part)))
 }
 
@@ -271,8 +320,16 @@ fn broadcast_dims(a: &[usize], b: &[usize]) -> R<Vec<usize>> {
     let r = a.len().max(b.len());
     let mut out = vec![0; r];
     for i in 0..r {
-        let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
-        let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+        let da = if i + a.len() >= r {
+            a[i + a.len() - r]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= r {
+            b[i + b.len() - r]
+        } else {
+            1
+        };
         out[i] = if da == db || db == 1 {
             da
         } else if da == 1 {
@@ -375,7 +432,11 @@ fn gather(ctx: &Ctx) -> R<Vec<Value>> {
             one(Value::Int(IntTensor::new(out_dims, out)))
         }
         Value::Float(t) => {
-            let ids_t = Tensor::from_vec(ids.iter().map(|&i| i as u32).collect::<Vec<_>>(), ids.len(), ctx.device)?;
+            let ids_t = Tensor::from_vec(
+                ids.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                ids.len(),
+                ctx.device,
+            )?;
             let g = t.index_select(&ids_t, ax)?;
             f(g.reshape(out_dims)?)
         }
@@ -396,7 +457,9 @@ fn reshape_value(v: &Value, dims: Vec<usize>) -> R<Value> {
 
 fn unsqueeze(ctx: &Ctx) -> R<Vec<Value>> {
     let v = ctx.input(0)?;
-    let axes = ctx.axes(1)?.ok_or_else(|| OpError::Msg("Unsqueeze without axes".into()))?;
+    let axes = ctx
+        .axes(1)?
+        .ok_or_else(|| OpError::Msg("Unsqueeze without axes".into()))?;
     let mut dims = v.dims();
     let out_rank = dims.len() + axes.len();
     let mut axes: Vec<usize> = axes.iter().map(|&a| axis(a, out_rank)).collect::<R<_>>()?;
@@ -422,7 +485,12 @@ fn squeeze(ctx: &Ctx) -> R<Vec<Value>> {
             fail!("Squeeze axis {a} has size {}", dims[a]);
         }
     }
-    let out: Vec<usize> = dims.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect();
+    let out: Vec<usize> = dims
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !axes.contains(i))
+        .map(|(_, &d)| d)
+        .collect();
     one(reshape_value(v, out)?)
 }
 
@@ -434,7 +502,10 @@ fn concat(ctx: &Ctx) -> R<Vec<Value>> {
     let rank = vals[0].dims().len();
     let ax = axis(ctx.attr_i("axis", 0), rank)?;
     if vals.iter().all(|v| matches!(v, Value::Int(_))) {
-        let ints: Vec<IntTensor> = vals.iter().map(|v| v.to_int()).collect::<candle_core::Result<_>>()?;
+        let ints: Vec<IntTensor> = vals
+            .iter()
+            .map(|v| v.to_int())
+            .collect::<candle_core::Result<_>>()?;
         let mut dims = ints[0].dims.clone();
         dims[ax] = ints.iter().map(|t| t.dims[ax]).sum();
         let outer: usize = dims[..ax].iter().product();
@@ -447,7 +518,10 @@ fn concat(ctx: &Ctx) -> R<Vec<Value>> {
         }
         return one(Value::Int(IntTensor::new(dims, data)));
     }
-    let ts: Vec<Tensor> = vals.iter().map(|v| v.to_float(ctx.device)).collect::<candle_core::Result<_>>()?;
+    let ts: Vec<Tensor> = vals
+        .iter()
+        .map(|v| v.to_float(ctx.device))
+        .collect::<candle_core::Result<_>>()?;
     f(Tensor::cat(&ts, ax)?)
 }
 
@@ -459,7 +533,8 @@ fn strided_narrow(x: &Tensor, dim: usize, off: usize, count: usize, step: usize)
     let need = count * step;
     let avail = x.dim(dim)? - off;
     let t = if avail < need {
-        x.narrow(dim, off, avail)?.pad_with_zeros(dim, 0, need - avail)?
+        x.narrow(dim, off, avail)?
+            .pad_with_zeros(dim, 0, need - avail)?
     } else {
         x.narrow(dim, off, need)?
     };
@@ -506,7 +581,11 @@ fn slice(ctx: &Ctx) -> R<Vec<Value>> {
             v.clamp(0, n)
         };
         let (s, e) = (norm(starts[k]), norm(ends[k]));
-        let count = if e > s { ((e - s) + step - 1) / step } else { 0 };
+        let count = if e > s {
+            ((e - s) + step - 1) / step
+        } else {
+            0
+        };
         ranges[a] = (s as usize, count as usize, step as usize);
     }
     match v {
@@ -549,7 +628,10 @@ fn reshape(ctx: &Ctx) -> R<Vec<Value>> {
         match s {
             0 if !allowzero => match dims.get(i) {
                 Some(&d) => out.push(d),
-                None => fail!("Reshape: 0 at position {i} but the input has rank {}", dims.len()),
+                None => fail!(
+                    "Reshape: 0 at position {i} but the input has rank {}",
+                    dims.len()
+                ),
             },
             -1 => {
                 if infer.replace(i).is_some() {
@@ -614,7 +696,9 @@ fn clip(ctx: &Ctx) -> R<Vec<Value>> {
             None => Ok(None),
         }
     };
-    let (lo, hi) = if ctx.opset < 11 || (ctx.n_inputs() == 1 && (ctx.attr("min").is_some() || ctx.attr("max").is_some())) {
+    let (lo, hi) = if ctx.opset < 11
+        || (ctx.n_inputs() == 1 && (ctx.attr("min").is_some() || ctx.attr("max").is_some()))
+    {
         (ctx.attr("min").map(|a| a.f), ctx.attr("max").map(|a| a.f))
     } else {
         (scalar(1)?, scalar(2)?)
@@ -653,7 +737,13 @@ fn reduce_mean(ctx: &Ctx) -> R<Vec<Value>> {
     };
     let mut y = x.mean_keepdim(axes.clone())?;
     if ctx.attr_i("keepdims", 1) == 0 {
-        let dims: Vec<usize> = y.dims().iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect();
+        let dims: Vec<usize> = y
+            .dims()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !axes.contains(i))
+            .map(|(_, &d)| d)
+            .collect();
         y = y.reshape(dims)?;
     }
     f(y)
@@ -664,7 +754,11 @@ fn reduce_mean(ctx: &Ctx) -> R<Vec<Value>> {
 fn gemm(ctx: &Ctx) -> R<Vec<Value>> {
     let (mut a, mut b) = (ctx.float(0)?, ctx.float(1)?);
     if a.rank() != 2 || b.rank() != 2 {
-        fail!("Gemm expects 2-D inputs, got {:?} and {:?}", a.dims(), b.dims());
+        fail!(
+            "Gemm expects 2-D inputs, got {:?} and {:?}",
+            a.dims(),
+            b.dims()
+        );
     }
     if ctx.attr_i("transA", 0) != 0 {
         a = a.t()?;
@@ -693,7 +787,11 @@ fn matmul(ctx: &Ctx) -> R<Vec<Value>> {
     let (ra, rb) = (a.rank(), b.rank());
     let a2 = if ra == 1 { a.unsqueeze(0)? } else { a };
     let b2 = if rb == 1 { b.unsqueeze(1)? } else { b };
-    let mut y = if a2.rank() == 2 && b2.rank() == 2 { a2.matmul(&b2)? } else { a2.broadcast_matmul(&b2)? };
+    let mut y = if a2.rank() == 2 && b2.rank() == 2 {
+        a2.matmul(&b2)?
+    } else {
+        a2.broadcast_matmul(&b2)?
+    };
     if rb == 1 {
         y = y.squeeze(D::Minus1)?;
     }
@@ -726,7 +824,13 @@ fn two(v: &[i64], name: &str) -> R<[usize; 2]> {
 /// input was 1-D spatial and has been lifted to 2-D with H = 1.
 fn spatial(ctx: &Ctx, kernel: Option<[usize; 2]>, in_hw: [usize; 2], one_d: bool) -> R<Spatial> {
     let lift = |v: Option<Vec<i64>>, default: i64| -> Option<Vec<i64>> {
-        v.map(|v| if one_d { [vec![default], v].concat() } else { v })
+        v.map(|v| {
+            if one_d {
+                [vec![default], v].concat()
+            } else {
+                v
+            }
+        })
     };
     let k = match lift(ctx.attr_ints("kernel_shape"), 1) {
         Some(v) => two(&v, "kernel_shape")?,
@@ -735,13 +839,25 @@ fn spatial(ctx: &Ctx, kernel: Option<[usize; 2]>, in_hw: [usize; 2], one_d: bool
             None => fail!("missing attribute `kernel_shape`"),
         },
     };
-    let s = two(&lift(ctx.attr_ints("strides"), 1).unwrap_or(vec![1, 1]), "strides")?;
-    let d = two(&lift(ctx.attr_ints("dilations"), 1).unwrap_or(vec![1, 1]), "dilations")?;
+    let s = two(
+        &lift(ctx.attr_ints("strides"), 1).unwrap_or(vec![1, 1]),
+        "strides",
+    )?;
+    let d = two(
+        &lift(ctx.attr_ints("dilations"), 1).unwrap_or(vec![1, 1]),
+        "dilations",
+    )?;
     let auto = ctx.attr_s("auto_pad").unwrap_or_default();
     let pads = match auto.as_str() {
         "" | "NOTSET" => {
-            let p = ctx.attr_ints("pads").unwrap_or(vec![0; if one_d { 2 } else { 4 }]);
-            let p = if one_d && p.len() == 2 { vec![0, p[0], 0, p[1]] } else { p };
+            let p = ctx
+                .attr_ints("pads")
+                .unwrap_or(vec![0; if one_d { 2 } else { 4 }]);
+            let p = if one_d && p.len() == 2 {
+                vec![0, p[0], 0, p[1]]
+            } else {
+                p
+            };
             if p.len() != 4 || p.iter().any(|&x| x < 0) {
                 fail!("`pads` = {p:?}: four non-negative values expected");
             }
@@ -800,10 +916,17 @@ fn window(x: &Tensor, oh: usize, ow: usize, out: [usize; 2], s: [usize; 2]) -> R
 
 fn out_size(input: usize, pad: usize, ek: usize, s: usize, ceil: bool) -> R<usize> {
     if input + pad < ek {
-        fail!("kernel extent {ek} is larger than the padded input {}", input + pad);
+        fail!(
+            "kernel extent {ek} is larger than the padded input {}",
+            input + pad
+        );
     }
     let span = input + pad - ek;
-    Ok(if ceil { span.div_ceil(s) + 1 } else { span / s + 1 })
+    Ok(if ceil {
+        span.div_ceil(s) + 1
+    } else {
+        span / s + 1
+    })
 }
 
 fn conv(ctx: &Ctx) -> R<Vec<Value>> {
@@ -815,17 +938,28 @@ fn conv(ctx: &Ctx) -> R<Vec<Value>> {
         w = w.unsqueeze(2)?;
     }
     if x.rank() != 4 || w.rank() != 4 {
-        fail!("Conv supports 1-D and 2-D inputs; got input {:?}, weight {:?}", x.dims(), w.dims());
+        fail!(
+            "Conv supports 1-D and 2-D inputs; got input {:?}, weight {:?}",
+            x.dims(),
+            w.dims()
+        );
     }
     let (_n, c, h, wd) = x.dims4()?;
     let (o, ci, kh, kw) = w.dims4()?;
     let group = ctx.attr_i("group", 1).max(1) as usize;
     if c != ci * group || o % group != 0 {
-        fail!("channel mismatch: input has {c} channels, weight {:?}, group {group}", w.dims());
+        fail!(
+            "channel mismatch: input has {c} channels, weight {:?}, group {group}",
+            w.dims()
+        );
     }
     let sp = spatial(ctx, Some([kh, kw]), [h, wd], one_d)?;
     if sp.k != [kh, kw] {
-        fail!("kernel_shape {:?} does not match the weight {:?}", sp.k, w.dims());
+        fail!(
+            "kernel_shape {:?} does not match the weight {:?}",
+            sp.k,
+            w.dims()
+        );
     }
     let ek = [sp.d[0] * (kh - 1) + 1, sp.d[1] * (kw - 1) + 1];
     let out = [
@@ -836,10 +970,17 @@ fn conv(ctx: &Ctx) -> R<Vec<Value>> {
         depthwise(&x, &w, &sp, out)?
     } else {
         let [pt, pl, pb, pr] = sp.pads;
-        let rem = [(h + pt + pb - ek[0]) % sp.s[0], (wd + pl + pr - ek[1]) % sp.s[1]];
+        let rem = [
+            (h + pt + pb - ek[0]) % sp.s[0],
+            (wd + pl + pr - ek[1]) % sp.s[1],
+        ];
         let uniform = sp.s[0] == sp.s[1] && sp.d[0] == sp.d[1];
         if !uniform {
-            fail!("Conv with different strides or dilations per axis ({:?}, {:?}) is not supported", sp.s, sp.d);
+            fail!(
+                "Conv with different strides or dilations per axis ({:?}, {:?}) is not supported",
+                sp.s,
+                sp.d
+            );
         }
         if pt == pl && pt == pb && pt == pr && rem[0] == rem[1] {
             // candle pads symmetrically itself; its backward is exact when
@@ -849,7 +990,10 @@ fn conv(ctx: &Ctx) -> R<Vec<Value>> {
             let xp = pad_value(&x, 2, pt, pb, 0.0)?;
             let xp = pad_value(&xp, 3, pl, pr, 0.0)?;
             // Drop rows/columns no window reaches so the backward is exact.
-            let used = [(out[0] - 1) * sp.s[0] + ek[0], (out[1] - 1) * sp.s[1] + ek[1]];
+            let used = [
+                (out[0] - 1) * sp.s[0] + ek[0],
+                (out[1] - 1) * sp.s[1] + ek[1],
+            ];
             let xp = xp.narrow(2, 0, used[0])?.narrow(3, 0, used[1])?;
             super::conv_grad::conv2d(&xp, &w, 0, sp.s[0], sp.d[0], group)?
         }
@@ -876,7 +1020,10 @@ fn depthwise(x: &Tensor, w: &Tensor, sp: &Spatial, out: [usize; 2]) -> R<Tensor>
     for ky in 0..sp.k[0] {
         for kx in 0..sp.k[1] {
             let win = window(&xp, ky * sp.d[0], kx * sp.d[1], out, sp.s)?;
-            let wk = w.narrow(2, ky, 1)?.narrow(3, kx, 1)?.reshape((1, c, 1, 1))?;
+            let wk = w
+                .narrow(2, ky, 1)?
+                .narrow(3, kx, 1)?
+                .reshape((1, c, 1, 1))?;
             let term = win.broadcast_mul(&wk)?;
             acc = Some(match acc {
                 None => term,
@@ -906,7 +1053,9 @@ fn batch_norm(ctx: &Ctx) -> R<Vec<Value>> {
     // y = x * a + b with a = scale / sqrt(var + eps), b = bias - mean * a.
     let a = scale.div(&var.affine(1.0, eps)?.sqrt()?)?;
     let b = bias.sub(&mean.mul(&a)?)?;
-    let y = x.broadcast_mul(&a.reshape(shape.clone())?)?.broadcast_add(&b.reshape(shape)?)?;
+    let y = x
+        .broadcast_mul(&a.reshape(shape.clone())?)?
+        .broadcast_add(&b.reshape(shape)?)?;
     f(y)
 }
 
@@ -960,7 +1109,11 @@ fn pool(ctx: &Ctx, kind: PoolKind) -> R<Vec<Value>> {
             ((out[0] - 1) * sp.s[0] + ek[0]).saturating_sub(h + pt + pb),
             ((out[1] - 1) * sp.s[1] + ek[1]).saturating_sub(w + pl + pr),
         ];
-        let fill = if kind == PoolKind::Max { f32::NEG_INFINITY } else { 0.0 };
+        let fill = if kind == PoolKind::Max {
+            f32::NEG_INFINITY
+        } else {
+            0.0
+        };
         let xp = pad_value(&x, 2, pt, pb + extra[0], fill)?;
         let xp = pad_value(&xp, 3, pl, pr + extra[1], fill)?;
         let mut acc: Option<Tensor> = None;
@@ -1024,11 +1177,22 @@ fn pad(ctx: &Ctx) -> R<Vec<Value>> {
         None => ctx.attr_ints("pads").unwrap_or_default(),
     };
     let value = match ctx.opt(2) {
-        Some(v) => v.to_float(ctx.device)?.flatten_all()?.to_vec1::<f32>()?.first().copied().unwrap_or(0.0),
+        Some(v) => v
+            .to_float(ctx.device)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .first()
+            .copied()
+            .unwrap_or(0.0),
         None => ctx.attr_f("value", 0.0),
     };
     let axes: Vec<usize> = match ctx.opt(3) {
-        Some(a) => a.to_int()?.data.iter().map(|&a| axis(a, rank)).collect::<R<_>>()?,
+        Some(a) => a
+            .to_int()?
+            .data
+            .iter()
+            .map(|&a| axis(a, rank))
+            .collect::<R<_>>()?,
         None => (0..rank).collect(),
     };
     if pads.len() != 2 * axes.len() {

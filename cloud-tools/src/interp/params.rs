@@ -9,21 +9,40 @@ use super::value::{IntTensor, Value};
 use super::{InterpError, Result};
 
 fn bad(name: &str, msg: impl Into<String>) -> InterpError {
-    InterpError::Tensor { name: name.to_string(), msg: msg.into() }
+    InterpError::Tensor {
+        name: name.to_string(),
+        msg: msg.into(),
+    }
 }
 
 /// Dimensions of a proto, checked non-negative.
 pub fn proto_dims(t: &TensorProto) -> Result<Vec<usize>> {
     t.dims
         .iter()
-        .map(|&d| usize::try_from(d).map_err(|_| bad(&t.name, format!("negative dimension {d} in {:?}", t.dims))))
+        .map(|&d| {
+            usize::try_from(d)
+                .map_err(|_| bad(&t.name, format!("negative dimension {d} in {:?}", t.dims)))
+        })
         .collect()
 }
 
 /// Decode fixed-width little-endian elements of `raw`.
-fn raw_elems<const N: usize, T>(name: &str, raw: &[u8], count: usize, f: impl Fn([u8; N]) -> T) -> Result<Vec<T>> {
+fn raw_elems<const N: usize, T>(
+    name: &str,
+    raw: &[u8],
+    count: usize,
+    f: impl Fn([u8; N]) -> T,
+) -> Result<Vec<T>> {
     if raw.len() != count * N {
-        return Err(bad(name, format!("raw_data has {} bytes, {} elements of {} bytes expected", raw.len(), count, N)));
+        return Err(bad(
+            name,
+            format!(
+                "raw_data has {} bytes, {} elements of {} bytes expected",
+                raw.len(),
+                count,
+                N
+            ),
+        ));
     }
     Ok(raw
         .chunks_exact(N)
@@ -37,7 +56,13 @@ fn raw_elems<const N: usize, T>(name: &str, raw: &[u8], count: usize, f: impl Fn
 
 fn check_len<T>(name: &str, v: Vec<T>, count: usize, field: &str) -> Result<Vec<T>> {
     if v.len() != count {
-        return Err(bad(name, format!("{field} has {} elements, the dims {count} elements", v.len())));
+        return Err(bad(
+            name,
+            format!(
+                "{field} has {} elements, the dims {count} elements",
+                v.len()
+            ),
+        ));
     }
     Ok(v)
 }
@@ -46,22 +71,32 @@ fn check_len<T>(name: &str, v: Vec<T>, count: usize, field: &str) -> Result<Vec<
 pub fn tensor_from_proto(t: &TensorProto, device: &Device) -> Result<Value> {
     let name = t.name.as_str();
     if t.data_location == Some(1) || !t.external_data.is_empty() {
-        return Err(bad(name, "external data is not supported; load the model with its weights inlined"));
+        return Err(bad(
+            name,
+            "external data is not supported; load the model with its weights inlined",
+        ));
     }
     let dims = proto_dims(t)?;
     let count: usize = dims.iter().product();
-    let dt = DataType::try_from(t.data_type).map_err(|_| bad(name, format!("unknown data type {}", t.data_type)))?;
+    let dt = DataType::try_from(t.data_type)
+        .map_err(|_| bad(name, format!("unknown data type {}", t.data_type)))?;
     let raw = !t.raw_data.is_empty();
     let float = |data: Vec<f32>| -> Result<Value> {
         let tensor = Tensor::from_vec(data, dims.as_slice(), device)
             .map_err(|e| bad(name, format!("cannot create a tensor: {e}")))?;
         Ok(Value::Float(tensor))
     };
-    let int = |data: Vec<i64>| -> Result<Value> { Ok(Value::Int(IntTensor::new(dims.clone(), data))) };
+    let int =
+        |data: Vec<i64>| -> Result<Value> { Ok(Value::Int(IntTensor::new(dims.clone(), data))) };
     match dt {
         DataType::Float => {
             if raw {
-                float(raw_elems::<4, f32>(name, &t.raw_data, count, f32::from_le_bytes)?)
+                float(raw_elems::<4, f32>(
+                    name,
+                    &t.raw_data,
+                    count,
+                    f32::from_le_bytes,
+                )?)
             } else {
                 float(check_len(name, t.float_data.clone(), count, "float_data")?)
             }
@@ -76,7 +111,12 @@ pub fn tensor_from_proto(t: &TensorProto, device: &Device) -> Result<Value> {
         }
         DataType::Int64 => {
             if raw {
-                int(raw_elems::<8, i64>(name, &t.raw_data, count, i64::from_le_bytes)?)
+                int(raw_elems::<8, i64>(
+                    name,
+                    &t.raw_data,
+                    count,
+                    i64::from_le_bytes,
+                )?)
             } else {
                 int(check_len(name, t.int64_data.clone(), count, "int64_data")?)
             }
@@ -92,13 +132,24 @@ pub fn tensor_from_proto(t: &TensorProto, device: &Device) -> Result<Value> {
         DataType::Int8 | DataType::Uint8 | DataType::Bool | DataType::Int16 | DataType::Uint16 => {
             let v: Vec<i64> = if raw {
                 match dt {
-                    DataType::Int8 => raw_elems::<1, i64>(name, &t.raw_data, count, |b| i8::from_le_bytes(b) as i64)?,
-                    DataType::Int16 => raw_elems::<2, i64>(name, &t.raw_data, count, |b| i16::from_le_bytes(b) as i64)?,
-                    DataType::Uint16 => raw_elems::<2, i64>(name, &t.raw_data, count, |b| u16::from_le_bytes(b) as i64)?,
+                    DataType::Int8 => raw_elems::<1, i64>(name, &t.raw_data, count, |b| {
+                        i8::from_le_bytes(b) as i64
+                    })?,
+                    DataType::Int16 => raw_elems::<2, i64>(name, &t.raw_data, count, |b| {
+                        i16::from_le_bytes(b) as i64
+                    })?,
+                    DataType::Uint16 => raw_elems::<2, i64>(name, &t.raw_data, count, |b| {
+                        u16::from_le_bytes(b) as i64
+                    })?,
                     _ => raw_elems::<1, i64>(name, &t.raw_data, count, |b| b[0] as i64)?,
                 }
             } else {
-                check_len(name, t.int32_data.iter().map(|&x| x as i64).collect(), count, "int32_data")?
+                check_len(
+                    name,
+                    t.int32_data.iter().map(|&x| x as i64).collect(),
+                    count,
+                    "int32_data",
+                )?
             };
             int(v)
         }
@@ -110,11 +161,19 @@ pub fn tensor_from_proto(t: &TensorProto, device: &Device) -> Result<Value> {
                     raw_elems::<8, i64>(name, &t.raw_data, count, |b| u64::from_le_bytes(b) as i64)?
                 }
             } else {
-                check_len(name, t.uint64_data.iter().map(|&x| x as i64).collect(), count, "uint64_data")?
+                check_len(
+                    name,
+                    t.uint64_data.iter().map(|&x| x as i64).collect(),
+                    count,
+                    "uint64_data",
+                )?
             };
             int(v)
         }
-        other => Err(bad(name, format!("data type {other:?} is not supported (float, double and integer types are)"))),
+        other => Err(bad(
+            name,
+            format!("data type {other:?} is not supported (float, double and integer types are)"),
+        )),
     }
 }
 

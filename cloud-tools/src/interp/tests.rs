@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use adaptivenet_onnx::extract::{fixed, value_info};
 use adaptivenet_onnx::tract_onnx::pb::{
-    attribute_proto::AttributeType, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
-    TensorProto,
+    attribute_proto::AttributeType, AttributeProto, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, TensorProto,
 };
 use adaptivenet_onnx::tract_onnx::prelude::Tensor as TractTensor;
 use adaptivenet_onnx::Plan;
@@ -20,34 +20,66 @@ use super::*;
 // ------------------------------------------------------------------ helpers
 
 fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(rel)
 }
 
 /// Deterministic pseudo-random floats in [-1, 1).
 fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
 }
 
 fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto { name: name.into(), ints: v.to_vec(), r#type: AttributeType::Ints as i32, ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        ints: v.to_vec(),
+        r#type: AttributeType::Ints as i32,
+        ..Default::default()
+    }
 }
 fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto { name: name.into(), i: v, r#type: AttributeType::Int as i32, ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        i: v,
+        r#type: AttributeType::Int as i32,
+        ..Default::default()
+    }
 }
 fn float(name: &str, v: f32) -> AttributeProto {
-    AttributeProto { name: name.into(), f: v, r#type: AttributeType::Float as i32, ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        f: v,
+        r#type: AttributeType::Float as i32,
+        ..Default::default()
+    }
 }
 fn string(name: &str, v: &str) -> AttributeProto {
-    AttributeProto { name: name.into(), s: v.as_bytes().to_vec(), r#type: AttributeType::String as i32, ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        s: v.as_bytes().to_vec(),
+        r#type: AttributeType::String as i32,
+        ..Default::default()
+    }
 }
 
-fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
+fn node(
+    op: &str,
+    name: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    attrs: Vec<AttributeProto>,
+) -> NodeProto {
     NodeProto {
         op_type: op.into(),
         name: name.into(),
@@ -74,13 +106,27 @@ fn init_pos(name: &str, dims: &[usize], seed: u64) -> TensorProto {
     t
 }
 fn init_i(name: &str, v: &[i64]) -> TensorProto {
-    TensorProto { name: name.into(), dims: vec![v.len() as i64], data_type: 7, int64_data: v.to_vec(), ..Default::default() }
+    TensorProto {
+        name: name.into(),
+        dims: vec![v.len() as i64],
+        data_type: 7,
+        int64_data: v.to_vec(),
+        ..Default::default()
+    }
 }
 
-fn model(nodes: Vec<NodeProto>, inits: Vec<TensorProto>, in_shape: &[usize], opset: i64) -> ModelProto {
+fn model(
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+    in_shape: &[usize],
+    opset: i64,
+) -> ModelProto {
     ModelProto {
         ir_version: 8,
-        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: opset }],
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: opset,
+        }],
         graph: Some(GraphProto {
             name: "t".into(),
             node: nodes,
@@ -95,7 +141,10 @@ fn model(nodes: Vec<NodeProto>, inits: Vec<TensorProto>, in_shape: &[usize], ops
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn to_vec(t: &Tensor) -> Vec<f32> {
@@ -107,11 +156,20 @@ fn diff_vs_tract(m: &ModelProto, in_shape: &[usize], seed: u64) -> f32 {
     let n: usize = in_shape.iter().product();
     let data = rand_vec(n, seed);
     let plan = Plan::from_proto(m, in_shape, "test").expect("tract compiles the test model");
-    let reference = plan.run(TractTensor::from_shape(in_shape, &data).unwrap()).expect("tract runs");
-    let reference: Vec<f32> = reference.to_plain_array_view::<f32>().unwrap().iter().copied().collect();
+    let reference = plan
+        .run(TractTensor::from_shape(in_shape, &data).unwrap())
+        .expect("tract runs");
+    let reference: Vec<f32> = reference
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect();
     let interp = Interpreter::new(m, &HashSet::new(), &Device::Cpu).expect("interpreter loads");
     let x = Tensor::from_vec(data, in_shape, &Device::Cpu).unwrap();
-    let y = interp.forward(&[("x", x)], &["y"]).expect("interpreter runs");
+    let y = interp
+        .forward(&[("x", x)], &["y"])
+        .expect("interpreter runs");
     max_abs_diff(&to_vec(&y[0]), &reference)
 }
 
@@ -129,25 +187,49 @@ fn interp_conv_variants_match_tract() {
     let s = [2, 4, 9, 9];
     check_single(
         "conv 3x3 p1 bias",
-        vec![node("Conv", "c", &["x", "w", "b"], &["y"], vec![ints("pads", &[1, 1, 1, 1])])],
+        vec![node(
+            "Conv",
+            "c",
+            &["x", "w", "b"],
+            &["y"],
+            vec![ints("pads", &[1, 1, 1, 1])],
+        )],
         vec![init_f("w", &[6, 4, 3, 3], 1), init_f("b", &[6], 2)],
         &s,
     );
     check_single(
         "conv 3x3 s2 asymmetric pads",
-        vec![node("Conv", "c", &["x", "w"], &["y"], vec![ints("pads", &[0, 1, 1, 0]), ints("strides", &[2, 2])])],
+        vec![node(
+            "Conv",
+            "c",
+            &["x", "w"],
+            &["y"],
+            vec![ints("pads", &[0, 1, 1, 0]), ints("strides", &[2, 2])],
+        )],
         vec![init_f("w", &[5, 4, 3, 3], 3)],
         &s,
     );
     check_single(
         "conv 3x3 s2 p1 (odd input)",
-        vec![node("Conv", "c", &["x", "w"], &["y"], vec![ints("pads", &[1, 1, 1, 1]), ints("strides", &[2, 2])])],
+        vec![node(
+            "Conv",
+            "c",
+            &["x", "w"],
+            &["y"],
+            vec![ints("pads", &[1, 1, 1, 1]), ints("strides", &[2, 2])],
+        )],
         vec![init_f("w", &[5, 4, 3, 3], 3)],
         &s,
     );
     check_single(
         "conv 3x3 dilation 2",
-        vec![node("Conv", "c", &["x", "w"], &["y"], vec![ints("pads", &[2, 2, 2, 2]), ints("dilations", &[2, 2])])],
+        vec![node(
+            "Conv",
+            "c",
+            &["x", "w"],
+            &["y"],
+            vec![ints("pads", &[2, 2, 2, 2]), ints("dilations", &[2, 2])],
+        )],
         vec![init_f("w", &[3, 4, 3, 3], 4)],
         &s,
     );
@@ -158,32 +240,60 @@ fn interp_conv_variants_match_tract() {
             "dw",
             &["x", "w", "b"],
             &["y"],
-            vec![ints("pads", &[1, 1, 1, 1]), ints("strides", &[2, 2]), int("group", 4)],
+            vec![
+                ints("pads", &[1, 1, 1, 1]),
+                ints("strides", &[2, 2]),
+                int("group", 4),
+            ],
         )],
         vec![init_f("w", &[4, 1, 3, 3], 5), init_f("b", &[4], 6)],
         &s,
     );
     check_single(
         "grouped conv g2",
-        vec![node("Conv", "g", &["x", "w"], &["y"], vec![ints("pads", &[1, 1, 1, 1]), int("group", 2)])],
+        vec![node(
+            "Conv",
+            "g",
+            &["x", "w"],
+            &["y"],
+            vec![ints("pads", &[1, 1, 1, 1]), int("group", 2)],
+        )],
         vec![init_f("w", &[6, 2, 3, 3], 7)],
         &s,
     );
     check_single(
         "conv SAME_UPPER s2",
-        vec![node("Conv", "c", &["x", "w"], &["y"], vec![string("auto_pad", "SAME_UPPER"), ints("strides", &[2, 2])])],
+        vec![node(
+            "Conv",
+            "c",
+            &["x", "w"],
+            &["y"],
+            vec![string("auto_pad", "SAME_UPPER"), ints("strides", &[2, 2])],
+        )],
         vec![init_f("w", &[3, 4, 3, 3], 8)],
         &s,
     );
     check_single(
         "conv 1x1 s2",
-        vec![node("Conv", "c", &["x", "w"], &["y"], vec![ints("strides", &[2, 2])])],
+        vec![node(
+            "Conv",
+            "c",
+            &["x", "w"],
+            &["y"],
+            vec![ints("strides", &[2, 2])],
+        )],
         vec![init_f("w", &[8, 4, 1, 1], 9)],
         &s,
     );
     check_single(
         "conv non-square input 3x3 s2 p1",
-        vec![node("Conv", "c", &["x", "w"], &["y"], vec![ints("pads", &[1, 1, 1, 1]), ints("strides", &[2, 2])])],
+        vec![node(
+            "Conv",
+            "c",
+            &["x", "w"],
+            &["y"],
+            vec![ints("pads", &[1, 1, 1, 1]), ints("strides", &[2, 2])],
+        )],
         vec![init_f("w", &[5, 4, 3, 3], 3)],
         &[2, 4, 9, 8],
     );
@@ -193,30 +303,92 @@ fn interp_conv_variants_match_tract() {
 fn interp_pools_match_tract() {
     let s = [2, 3, 9, 9];
     let cases: Vec<(&str, &str, Vec<AttributeProto>)> = vec![
-        ("maxpool k3 s2 p1", "MaxPool", vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])]),
-        ("maxpool k2 s2", "MaxPool", vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])]),
-        ("maxpool k3 s2 ceil", "MaxPool", vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2]), int("ceil_mode", 1)]),
-        ("avgpool k3 s2 p1 exclude pad", "AveragePool", vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])]),
+        (
+            "maxpool k3 s2 p1",
+            "MaxPool",
+            vec![
+                ints("kernel_shape", &[3, 3]),
+                ints("strides", &[2, 2]),
+                ints("pads", &[1, 1, 1, 1]),
+            ],
+        ),
+        (
+            "maxpool k2 s2",
+            "MaxPool",
+            vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+        ),
+        (
+            "maxpool k3 s2 ceil",
+            "MaxPool",
+            vec![
+                ints("kernel_shape", &[3, 3]),
+                ints("strides", &[2, 2]),
+                int("ceil_mode", 1),
+            ],
+        ),
+        (
+            "avgpool k3 s2 p1 exclude pad",
+            "AveragePool",
+            vec![
+                ints("kernel_shape", &[3, 3]),
+                ints("strides", &[2, 2]),
+                ints("pads", &[1, 1, 1, 1]),
+            ],
+        ),
         (
             "avgpool k3 s2 p1 include pad",
             "AveragePool",
-            vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1]), int("count_include_pad", 1)],
+            vec![
+                ints("kernel_shape", &[3, 3]),
+                ints("strides", &[2, 2]),
+                ints("pads", &[1, 1, 1, 1]),
+                int("count_include_pad", 1),
+            ],
         ),
-        ("avgpool k3 s1", "AveragePool", vec![ints("kernel_shape", &[3, 3])]),
-        ("avgpool k2 s2 ceil", "AveragePool", vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2]), int("ceil_mode", 1)]),
+        (
+            "avgpool k3 s1",
+            "AveragePool",
+            vec![ints("kernel_shape", &[3, 3])],
+        ),
+        (
+            "avgpool k2 s2 ceil",
+            "AveragePool",
+            vec![
+                ints("kernel_shape", &[2, 2]),
+                ints("strides", &[2, 2]),
+                int("ceil_mode", 1),
+            ],
+        ),
     ];
     for (label, op, attrs) in cases {
-        check_single(label, vec![node(op, "p", &["x"], &["y"], attrs)], vec![], &s);
+        check_single(
+            label,
+            vec![node(op, "p", &["x"], &["y"], attrs)],
+            vec![],
+            &s,
+        );
     }
     check_single(
         "avgpool k2 s2 even",
-        vec![node("AveragePool", "p", &["x"], &["y"], vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])])],
+        vec![node(
+            "AveragePool",
+            "p",
+            &["x"],
+            &["y"],
+            vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+        )],
         vec![],
         &[2, 3, 8, 8],
     );
     check_single(
         "maxpool k2 s2 even",
-        vec![node("MaxPool", "p", &["x"], &["y"], vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])])],
+        vec![node(
+            "MaxPool",
+            "p",
+            &["x"],
+            &["y"],
+            vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+        )],
         vec![],
         &[2, 3, 8, 8],
     );
@@ -227,8 +399,19 @@ fn interp_elementwise_and_head_ops_match_tract() {
     let s = [2, 4, 5, 5];
     check_single(
         "batchnorm",
-        vec![node("BatchNormalization", "bn", &["x", "sc", "bi", "mu", "var"], &["y"], vec![float("epsilon", 1e-3)])],
-        vec![init_f("sc", &[4], 1), init_f("bi", &[4], 2), init_f("mu", &[4], 3), init_pos("var", &[4], 4)],
+        vec![node(
+            "BatchNormalization",
+            "bn",
+            &["x", "sc", "bi", "mu", "var"],
+            &["y"],
+            vec![float("epsilon", 1e-3)],
+        )],
+        vec![
+            init_f("sc", &[4], 1),
+            init_f("bi", &[4], 2),
+            init_f("mu", &[4], 3),
+            init_pos("var", &[4], 4),
+        ],
         &s,
     );
     check_single(
@@ -238,9 +421,24 @@ fn interp_elementwise_and_head_ops_match_tract() {
             node("Clip", "c", &["x2", "lo", "hi"], &["y"], vec![]),
         ],
         vec![
-            TensorProto { name: "k".into(), data_type: 1, float_data: vec![8.0], ..Default::default() },
-            TensorProto { name: "lo".into(), data_type: 1, float_data: vec![0.0], ..Default::default() },
-            TensorProto { name: "hi".into(), data_type: 1, float_data: vec![6.0], ..Default::default() },
+            TensorProto {
+                name: "k".into(),
+                data_type: 1,
+                float_data: vec![8.0],
+                ..Default::default()
+            },
+            TensorProto {
+                name: "lo".into(),
+                data_type: 1,
+                float_data: vec![0.0],
+                ..Default::default()
+            },
+            TensorProto {
+                name: "hi".into(),
+                data_type: 1,
+                float_data: vec![6.0],
+                ..Default::default()
+            },
         ],
         &s,
     );
@@ -249,7 +447,13 @@ fn interp_elementwise_and_head_ops_match_tract() {
         vec![
             node("Relu", "r", &["x"], &["a"], vec![]),
             node("Sigmoid", "s", &["x"], &["b"], vec![]),
-            node("HardSigmoid", "hs", &["x"], &["c"], vec![float("alpha", 0.3), float("beta", 0.4)]),
+            node(
+                "HardSigmoid",
+                "hs",
+                &["x"],
+                &["c"],
+                vec![float("alpha", 0.3), float("beta", 0.4)],
+            ),
             node("HardSwish", "hw", &["x"], &["d"], vec![]),
             node("Sum", "sum", &["a", "b", "c", "d"], &["y"], vec![]),
         ],
@@ -266,14 +470,24 @@ fn interp_elementwise_and_head_ops_match_tract() {
             node("Identity", "i", &["e"], &["f"], vec![]),
             node("Dropout", "do", &["f"], &["y"], vec![]),
         ],
-        vec![init_f("p", &[4, 1, 1], 1), init_f("q", &[5], 2), init_pos("r", &[1, 4, 5, 1], 3)],
+        vec![
+            init_f("p", &[4, 1, 1], 1),
+            init_f("q", &[5], 2),
+            init_pos("r", &[1, 4, 5, 1], 3),
+        ],
         &s,
     );
     check_single(
         "concat",
         vec![
             node("Relu", "r", &["x"], &["a"], vec![]),
-            node("Concat", "c", &["x", "a", "x"], &["y"], vec![int("axis", 1)]),
+            node(
+                "Concat",
+                "c",
+                &["x", "a", "x"],
+                &["y"],
+                vec![int("axis", 1)],
+            ),
         ],
         vec![],
         &s,
@@ -283,7 +497,13 @@ fn interp_elementwise_and_head_ops_match_tract() {
         vec![
             node("GlobalAveragePool", "gap", &["x"], &["g"], vec![]),
             node("Flatten", "f", &["g"], &["h"], vec![int("axis", 1)]),
-            node("Gemm", "fc", &["h", "w", "b"], &["y"], vec![int("transB", 1), float("alpha", 0.5), float("beta", 2.0)]),
+            node(
+                "Gemm",
+                "fc",
+                &["h", "w", "b"],
+                &["y"],
+                vec![int("transB", 1), float("alpha", 0.5), float("beta", 2.0)],
+            ),
         ],
         vec![init_f("w", &[3, 4], 1), init_f("b", &[3], 2)],
         &s,
@@ -292,14 +512,31 @@ fn interp_elementwise_and_head_ops_match_tract() {
         "dynamic flatten (Shape/Gather/Unsqueeze/Concat/Reshape) + MatMul",
         vec![
             node("Shape", "sh", &["x"], &["shape"], vec![]),
-            node("Gather", "ga", &["shape", "zero"], &["n"], vec![int("axis", 0)]),
+            node(
+                "Gather",
+                "ga",
+                &["shape", "zero"],
+                &["n"],
+                vec![int("axis", 0)],
+            ),
             node("Unsqueeze", "un", &["n", "axes0"], &["n1"], vec![]),
-            node("Concat", "ct", &["n1", "minus1"], &["newshape"], vec![int("axis", 0)]),
+            node(
+                "Concat",
+                "ct",
+                &["n1", "minus1"],
+                &["newshape"],
+                vec![int("axis", 0)],
+            ),
             node("Reshape", "rs", &["x", "newshape"], &["flat"], vec![]),
             node("MatMul", "mm", &["flat", "w"], &["y"], vec![]),
         ],
         vec![
-            TensorProto { name: "zero".into(), data_type: 7, int64_data: vec![0], ..Default::default() },
+            TensorProto {
+                name: "zero".into(),
+                data_type: 7,
+                int64_data: vec![0],
+                ..Default::default()
+            },
             init_i("axes0", &[0]),
             init_i("minus1", &[-1]),
             init_f("w", &[100, 7], 3),
@@ -332,12 +569,20 @@ fn interp_unsupported_op_names_op_and_node() {
     let err = interp.forward(&[("x", x)], &["y"]).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, InterpError::Unsupported { .. }), "{msg}");
-    assert!(msg.contains("FancyOp") && msg.contains("the_fancy_node"), "{msg}");
+    assert!(
+        msg.contains("FancyOp") && msg.contains("the_fancy_node"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn interp_bad_trainable_name_is_an_error() {
-    let m = model(vec![node("Relu", "r", &["x"], &["y"], vec![])], vec![], &[1, 1, 2, 2], 13);
+    let m = model(
+        vec![node("Relu", "r", &["x"], &["y"], vec![])],
+        vec![],
+        &[1, 1, 2, 2],
+        13,
+    );
     let err = Interpreter::new(&m, &HashSet::from(["nope".to_string()]), &Device::Cpu).unwrap_err();
     assert!(err.to_string().contains("nope"), "{err}");
 }
@@ -349,17 +594,29 @@ fn interp_bad_trainable_name_is_an_error() {
 fn interp_conv_gradient_matches_finite_differences_synthetic() {
     let s = [2, 3, 9, 8];
     let m = model(
-        vec![node("Conv", "c", &["x", "w"], &["y"], vec![ints("pads", &[0, 1, 1, 0]), ints("strides", &[2, 2])])],
+        vec![node(
+            "Conv",
+            "c",
+            &["x", "w"],
+            &["y"],
+            vec![ints("pads", &[0, 1, 1, 0]), ints("strides", &[2, 2])],
+        )],
         vec![init_f("w", &[4, 3, 3, 3], 3)],
         &s,
         13,
     );
     let interp = Interpreter::new(&m, &HashSet::from(["w".to_string()]), &Device::Cpu).unwrap();
     let x = Tensor::from_vec(rand_vec(s.iter().product(), 11), &s, &Device::Cpu).unwrap();
-    let y = interp.forward(&[("x", x.clone())], &["y"]).unwrap().remove(0);
+    let y = interp
+        .forward(&[("x", x.clone())], &["y"])
+        .unwrap()
+        .remove(0);
     let r = Tensor::from_vec(rand_vec(y.elem_count(), 12), y.dims(), &Device::Cpu).unwrap();
     let loss = |interp: &Interpreter| -> Tensor {
-        let y = interp.forward(&[("x", x.clone())], &["y"]).unwrap().remove(0);
+        let y = interp
+            .forward(&[("x", x.clone())], &["y"])
+            .unwrap()
+            .remove(0);
         (y * &r).unwrap().sum_all().unwrap()
     };
     let var = interp.vars().remove(0);
@@ -370,16 +627,23 @@ fn interp_conv_gradient_matches_finite_differences_synthetic() {
     for &i in &[0usize, 13, 40, 77, 107] {
         let mut wp = w0.clone();
         wp[i] += eps;
-        var.set(&Tensor::from_vec(wp, var.dims(), &Device::Cpu).unwrap()).unwrap();
+        var.set(&Tensor::from_vec(wp, var.dims(), &Device::Cpu).unwrap())
+            .unwrap();
         let lp = loss(&interp).to_vec0::<f32>().unwrap();
         let mut wm = w0.clone();
         wm[i] -= eps;
-        var.set(&Tensor::from_vec(wm, var.dims(), &Device::Cpu).unwrap()).unwrap();
+        var.set(&Tensor::from_vec(wm, var.dims(), &Device::Cpu).unwrap())
+            .unwrap();
         let lm = loss(&interp).to_vec0::<f32>().unwrap();
         let fd = (lp - lm) / (2.0 * eps);
-        assert!((fd - g[i]).abs() <= 1e-3 + 1e-3 * g[i].abs(), "w[{i}]: backward {} vs finite difference {fd}", g[i]);
+        assert!(
+            (fd - g[i]).abs() <= 1e-3 + 1e-3 * g[i].abs(),
+            "w[{i}]: backward {} vs finite difference {fd}",
+            g[i]
+        );
     }
-    var.set(&Tensor::from_vec(w0, var.dims(), &Device::Cpu).unwrap()).unwrap();
+    var.set(&Tensor::from_vec(w0, var.dims(), &Device::Cpu).unwrap())
+        .unwrap();
 }
 
 // ------------------------------------------------------------------ the Fashion-MNIST oracle
@@ -393,18 +657,35 @@ struct Fixture {
 
 fn load_fixture() -> Fixture {
     let onnx = fixture("oracle/fmnist_resnet.onnx");
-    assert!(onnx.exists(), "fixture {} is missing (run tests/fixtures/make_oracle.py)", onnx.display());
+    assert!(
+        onnx.exists(),
+        "fixture {} is missing (run tests/fixtures/make_oracle.py)",
+        onnx.display()
+    );
     let model = adaptivenet_onnx::load_model(&onnx).unwrap();
     let input = adaptivenet_onnx::npy::read_npy(fixture("oracle/ref_input.npy")).unwrap();
     let ort = adaptivenet_onnx::npy::read_npy(fixture("oracle/ref_logits_ort.npy")).unwrap();
-    Fixture { model, input_shape: input.shape.clone(), input: input.to_f32(), ort: ort.to_f32() }
+    Fixture {
+        model,
+        input_shape: input.shape.clone(),
+        input: input.to_f32(),
+        ort: ort.to_f32(),
+    }
 }
 
 fn input_name(m: &ModelProto) -> String {
-    adaptivenet_onnx::GraphIndex::of_model(m).unwrap().single_input().unwrap().to_string()
+    adaptivenet_onnx::GraphIndex::of_model(m)
+        .unwrap()
+        .single_input()
+        .unwrap()
+        .to_string()
 }
 fn output_name(m: &ModelProto) -> String {
-    adaptivenet_onnx::GraphIndex::of_model(m).unwrap().main_output().unwrap().to_string()
+    adaptivenet_onnx::GraphIndex::of_model(m)
+        .unwrap()
+        .main_output()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -414,15 +695,28 @@ fn interp_fixture_matches_onnxruntime_and_tract() {
     let interp = Interpreter::new(&fx.model, &HashSet::new(), &Device::Cpu).unwrap();
     let x = Tensor::from_vec(fx.input.clone(), fx.input_shape.as_slice(), &Device::Cpu).unwrap();
     let t0 = Instant::now();
-    let y = interp.forward(&[(inp.as_str(), x)], &[out.as_str()]).unwrap().remove(0);
+    let y = interp
+        .forward(&[(inp.as_str(), x)], &[out.as_str()])
+        .unwrap()
+        .remove(0);
     let t_fwd = t0.elapsed();
     let y = to_vec(&y);
     let d_ort = max_abs_diff(&y, &fx.ort);
 
     let batch = fx.input_shape[0];
     let plan = Plan::whole_model(&fx.model, batch).unwrap();
-    let tract = plan.run(TractTensor::from_shape(&fx.input_shape, &fx.input).unwrap()).unwrap();
-    let d_tract = max_abs_diff(&y, &tract.to_plain_array_view::<f32>().unwrap().iter().copied().collect::<Vec<f32>>());
+    let tract = plan
+        .run(TractTensor::from_shape(&fx.input_shape, &fx.input).unwrap())
+        .unwrap();
+    let d_tract = max_abs_diff(
+        &y,
+        &tract
+            .to_plain_array_view::<f32>()
+            .unwrap()
+            .iter()
+            .copied()
+            .collect::<Vec<f32>>(),
+    );
     eprintln!(
         "fixture logits: max abs diff vs onnxruntime {d_ort:.3e}, vs tract {d_tract:.3e}; forward (batch {batch}) {:.1} ms",
         t_fwd.as_secs_f64() * 1e3
@@ -451,15 +745,23 @@ fn interp_fixture_gradient_is_nonzero_and_matches_finite_differences() {
     // A conv in the middle of the network: the gradient flows back through
     // the later blocks, BN, ReLU, residual adds, pooling and the Gemm.
     let wname = weights[weights.len() / 2].clone();
-    let interp = Interpreter::new(&fx.model, &HashSet::from([wname.clone()]), &Device::Cpu).unwrap();
+    let interp =
+        Interpreter::new(&fx.model, &HashSet::from([wname.clone()]), &Device::Cpu).unwrap();
     let var = interp.vars().remove(0);
     let x = Tensor::from_vec(fx.input.clone(), fx.input_shape.as_slice(), &Device::Cpu).unwrap();
-    let target = Tensor::from_vec(fx.ort.clone(), (fx.input_shape[0], fx.ort.len() / fx.input_shape[0]), &Device::Cpu)
-        .unwrap()
-        .affine(0.5, 0.0)
-        .unwrap();
+    let target = Tensor::from_vec(
+        fx.ort.clone(),
+        (fx.input_shape[0], fx.ort.len() / fx.input_shape[0]),
+        &Device::Cpu,
+    )
+    .unwrap()
+    .affine(0.5, 0.0)
+    .unwrap();
     let loss = |interp: &Interpreter| -> Tensor {
-        let y = interp.forward(&[(inp.as_str(), x.clone())], &[out.as_str()]).unwrap().remove(0);
+        let y = interp
+            .forward(&[(inp.as_str(), x.clone())], &[out.as_str()])
+            .unwrap()
+            .remove(0);
         (y - &target).unwrap().sqr().unwrap().mean_all().unwrap()
     };
 
@@ -477,7 +779,11 @@ fn interp_fixture_gradient_is_nonzero_and_matches_finite_differences() {
         t_all.as_secs_f64() * 1e3
     );
 
-    let g = to_vec(grads.get(var.as_tensor()).expect("gradient for the trainable conv"));
+    let g = to_vec(
+        grads
+            .get(var.as_tensor())
+            .expect("gradient for the trainable conv"),
+    );
     assert!(g.iter().all(|v| v.is_finite()));
     let gmax = g.iter().fold(0f32, |a, &b| a.max(b.abs()));
     assert!(gmax > 0.0, "gradient is zero");
@@ -493,25 +799,43 @@ fn interp_fixture_gradient_is_nonzero_and_matches_finite_differences() {
     for &i in order.iter().take(4) {
         let mut wp = w0.clone();
         wp[i] += eps;
-        var.set(&Tensor::from_vec(wp, var.dims(), &Device::Cpu).unwrap()).unwrap();
+        var.set(&Tensor::from_vec(wp, var.dims(), &Device::Cpu).unwrap())
+            .unwrap();
         let lp = loss(&interp).to_vec0::<f32>().unwrap() as f64;
         let mut wm = w0.clone();
         wm[i] -= eps;
-        var.set(&Tensor::from_vec(wm, var.dims(), &Device::Cpu).unwrap()).unwrap();
+        var.set(&Tensor::from_vec(wm, var.dims(), &Device::Cpu).unwrap())
+            .unwrap();
         let lm = loss(&interp).to_vec0::<f32>().unwrap() as f64;
         let fd = ((lp - lm) / (2.0 * eps as f64)) as f32;
         let rel = (fd - g[i]).abs() / g[i].abs().max(1e-6);
-        eprintln!("{wname}[{i}]: backward {:.6e}, finite difference {fd:.6e}, rel err {rel:.2e}", g[i]);
-        assert!(rel < 0.05, "{wname}[{i}]: backward {} vs finite difference {fd}", g[i]);
+        eprintln!(
+            "{wname}[{i}]: backward {:.6e}, finite difference {fd:.6e}, rel err {rel:.2e}",
+            g[i]
+        );
+        assert!(
+            rel < 0.05,
+            "{wname}[{i}]: backward {} vs finite difference {fd}",
+            g[i]
+        );
         checked += 1;
     }
     assert_eq!(checked, 4);
-    var.set(&Tensor::from_vec(w0, var.dims(), &Device::Cpu).unwrap()).unwrap();
+    var.set(&Tensor::from_vec(w0, var.dims(), &Device::Cpu).unwrap())
+        .unwrap();
 
     // Export gives the trainable initializer back with the same name and dims.
     let exported = interp.export().unwrap();
     assert_eq!(exported.len(), 1);
-    let orig = fx.model.graph.as_ref().unwrap().initializer.iter().find(|t| t.name == wname).unwrap();
+    let orig = fx
+        .model
+        .graph
+        .as_ref()
+        .unwrap()
+        .initializer
+        .iter()
+        .find(|t| t.name == wname)
+        .unwrap();
     assert_eq!(exported[0].name, wname);
     assert_eq!(exported[0].dims, orig.dims);
     let back = params::tensor_from_proto(&exported[0], &Device::Cpu).unwrap();
@@ -525,7 +849,8 @@ fn interp_fixture_gradient_is_nonzero_and_matches_finite_differences() {
 #[test]
 fn interp_fixture_runs_from_a_cut_tensor() {
     let fx = load_fixture();
-    let oracle = adaptivenet_onnx::Oracle::load(fixture("oracle/fmnist_resnet.onnx"), None).unwrap();
+    let oracle =
+        adaptivenet_onnx::Oracle::load(fixture("oracle/fmnist_resnet.onnx"), None).unwrap();
     let cuts = &oracle.layout.cuts;
     assert!(cuts.len() >= 3, "cuts: {cuts:?}");
     let (ci, cj) = (cuts[1].clone(), cuts[cuts.len() - 2].clone());
@@ -533,9 +858,19 @@ fn interp_fixture_runs_from_a_cut_tensor() {
     let interp = Interpreter::new(&fx.model, &HashSet::new(), &Device::Cpu).unwrap();
     let x = Tensor::from_vec(fx.input.clone(), fx.input_shape.as_slice(), &Device::Cpu).unwrap();
     // Whole model up to c_i, c_j and the output in one pass.
-    let whole = interp.forward(&[(inp.as_str(), x)], &[ci.as_str(), cj.as_str(), out.as_str()]).unwrap();
+    let whole = interp
+        .forward(
+            &[(inp.as_str(), x)],
+            &[ci.as_str(), cj.as_str(), out.as_str()],
+        )
+        .unwrap();
     // From c_i alone.
-    let part = interp.forward(&[(ci.as_str(), whole[0].clone())], &[cj.as_str(), out.as_str()]).unwrap();
+    let part = interp
+        .forward(
+            &[(ci.as_str(), whole[0].clone())],
+            &[cj.as_str(), out.as_str()],
+        )
+        .unwrap();
     let d_cut = max_abs_diff(&to_vec(&part[0]), &to_vec(&whole[1]));
     let d_out = max_abs_diff(&to_vec(&part[1]), &to_vec(&whole[2]));
     eprintln!("from cut `{ci}`: `{cj}` max abs diff {d_cut:.3e}, output {d_out:.3e}");
@@ -543,15 +878,36 @@ fn interp_fixture_runs_from_a_cut_tensor() {
     assert_eq!(d_out, 0.0);
     // And against tract's plan of the same span.
     let facts = oracle.facts_at(fx.input_shape[0]).unwrap();
-    let plan = Plan::for_span(&oracle.model, &oracle.index, &facts, &adaptivenet_onnx::Span::new(ci.clone(), cj.clone())).unwrap();
+    let plan = Plan::for_span(
+        &oracle.model,
+        &oracle.index,
+        &facts,
+        &adaptivenet_onnx::Span::new(ci.clone(), cj.clone()),
+    )
+    .unwrap();
     let ci_v = to_vec(&whole[0]);
-    let tract = plan.run(TractTensor::from_shape(whole[0].dims(), &ci_v).unwrap()).unwrap();
-    let d_tract = max_abs_diff(&to_vec(&part[0]), &tract.to_plain_array_view::<f32>().unwrap().iter().copied().collect::<Vec<f32>>());
+    let tract = plan
+        .run(TractTensor::from_shape(whole[0].dims(), &ci_v).unwrap())
+        .unwrap();
+    let d_tract = max_abs_diff(
+        &to_vec(&part[0]),
+        &tract
+            .to_plain_array_view::<f32>()
+            .unwrap()
+            .iter()
+            .copied()
+            .collect::<Vec<f32>>(),
+    );
     eprintln!("span `{ci}` -> `{cj}`: max abs diff vs tract {d_tract:.3e}");
     assert!(d_tract < 1e-4);
     // Asking for a tensor before the cut is an error that names it.
-    let err = interp.forward(&[(cj.as_str(), whole[1].clone())], &[ci.as_str()]).unwrap_err();
-    assert!(err.to_string().contains(&cj) || err.to_string().contains(&ci), "{err}");
+    let err = interp
+        .forward(&[(cj.as_str(), whole[1].clone())], &[ci.as_str()])
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(&cj) || err.to_string().contains(&ci),
+        "{err}"
+    );
 }
 
 /// Timing of forward and forward+backward on the fixture (run alone:
@@ -563,15 +919,31 @@ fn interp_bench_fixture() {
     let (inp, out) = (input_name(&fx.model), output_name(&fx.model));
     let x = Tensor::from_vec(fx.input.clone(), fx.input_shape.as_slice(), &Device::Cpu).unwrap();
     let weights = conv_weights(&fx.model);
-    let all: HashSet<String> = fx.model.graph.as_ref().unwrap().initializer.iter().map(|t| t.name.clone()).collect();
+    let all: HashSet<String> = fx
+        .model
+        .graph
+        .as_ref()
+        .unwrap()
+        .initializer
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
     let cases: Vec<(&str, HashSet<String>)> = vec![
         ("none trainable", HashSet::new()),
-        ("one mid conv trainable", HashSet::from([weights[weights.len() / 2].clone()])),
+        (
+            "one mid conv trainable",
+            HashSet::from([weights[weights.len() / 2].clone()]),
+        ),
         ("all trainable", all),
     ];
     for (label, trainable) in cases {
         let interp = Interpreter::new(&fx.model, &trainable, &Device::Cpu).unwrap();
-        let run = || interp.forward(&[(inp.as_str(), x.clone())], &[out.as_str()]).unwrap().remove(0);
+        let run = || {
+            interp
+                .forward(&[(inp.as_str(), x.clone())], &[out.as_str()])
+                .unwrap()
+                .remove(0)
+        };
         let _ = run();
         let reps = 5;
         let t0 = Instant::now();
@@ -587,14 +959,22 @@ fn interp_bench_fixture() {
             }
             both = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
         }
-        eprintln!("{label}: forward {fwd:.1} ms, forward+backward {both:.1} ms (batch {})", fx.input_shape[0]);
+        eprintln!(
+            "{label}: forward {fwd:.1} ms, forward+backward {both:.1} ms (batch {})",
+            fx.input_shape[0]
+        );
     }
     let plan = Plan::whole_model(&fx.model, fx.input_shape[0]).unwrap();
     let t0 = Instant::now();
     for _ in 0..5 {
-        let _ = plan.run(TractTensor::from_shape(&fx.input_shape, &fx.input).unwrap()).unwrap();
+        let _ = plan
+            .run(TractTensor::from_shape(&fx.input_shape, &fx.input).unwrap())
+            .unwrap();
     }
-    eprintln!("tract forward {:.1} ms", t0.elapsed().as_secs_f64() * 1e3 / 5.0);
+    eprintln!(
+        "tract forward {:.1} ms",
+        t0.elapsed().as_secs_f64() * 1e3 / 5.0
+    );
 }
 
 /// The custom conv backward agrees with candle's built-in Conv2D backward.
@@ -614,18 +994,47 @@ fn interp_conv_backward_matches_candle_builtin() {
                         seed += 1;
                         let xs = [2, 4, h, w];
                         let ws = [6, 4 / groups, k, k];
-                        let x = candle_core::Var::from_vec(rand_vec(xs.iter().product(), seed), &xs, &dev).unwrap();
-                        let wv = candle_core::Var::from_vec(rand_vec(ws.iter().product(), seed + 1000), &ws, &dev).unwrap();
-                        let y1 = super::conv_grad::conv2d(x.as_tensor(), wv.as_tensor(), pad, stride, dil, groups).unwrap();
-                        let y2 = x.as_tensor().conv2d(wv.as_tensor(), pad, stride, dil, groups).unwrap();
+                        let x = candle_core::Var::from_vec(
+                            rand_vec(xs.iter().product(), seed),
+                            &xs,
+                            &dev,
+                        )
+                        .unwrap();
+                        let wv = candle_core::Var::from_vec(
+                            rand_vec(ws.iter().product(), seed + 1000),
+                            &ws,
+                            &dev,
+                        )
+                        .unwrap();
+                        let y1 = super::conv_grad::conv2d(
+                            x.as_tensor(),
+                            wv.as_tensor(),
+                            pad,
+                            stride,
+                            dil,
+                            groups,
+                        )
+                        .unwrap();
+                        let y2 = x
+                            .as_tensor()
+                            .conv2d(wv.as_tensor(), pad, stride, dil, groups)
+                            .unwrap();
                         assert_eq!(y1.dims(), y2.dims());
                         assert!(max_abs_diff(&to_vec(&y1), &to_vec(&y2)) == 0.0);
-                        let r = Tensor::from_vec(rand_vec(y1.elem_count(), seed + 2000), y1.dims(), &dev).unwrap();
+                        let r = Tensor::from_vec(
+                            rand_vec(y1.elem_count(), seed + 2000),
+                            y1.dims(),
+                            &dev,
+                        )
+                        .unwrap();
                         let g1 = (&y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
                         // candle's own backward fails when the two axes leave
                         // different remainders (7x10 with stride 2): compare where it runs.
                         let Ok(g2) = (&y2 * &r).unwrap().sum_all().unwrap().backward() else {
-                            assert_ne!((h + 2 * pad - dil * (k - 1) - 1) % stride, (w + 2 * pad - dil * (k - 1) - 1) % stride);
+                            assert_ne!(
+                                (h + 2 * pad - dil * (k - 1) - 1) % stride,
+                                (w + 2 * pad - dil * (k - 1) - 1) % stride
+                            );
                             continue;
                         };
                         let label = format!("{h}x{w} s{stride} d{dil} p{pad} g{groups}");
@@ -643,7 +1052,12 @@ fn interp_conv_backward_matches_candle_builtin() {
     // Only the tracked argument gets a gradient.
     let x = Tensor::from_vec(rand_vec(2 * 4 * 9 * 9, 1), (2, 4, 9, 9), &dev).unwrap();
     let wv = candle_core::Var::from_vec(rand_vec(6 * 4 * 9, 2), (6, 4, 3, 3), &dev).unwrap();
-    let g = super::conv_grad::conv2d(&x, wv.as_tensor(), 1, 2, 1, 1).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = super::conv_grad::conv2d(&x, wv.as_tensor(), 1, 2, 1, 1)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     assert!(g.get(&x).is_none());
     assert!(g.get(wv.as_tensor()).is_some());
 }
@@ -653,7 +1067,10 @@ fn interp_conv_backward_matches_candle_builtin() {
 /// tract on the final output and on the tensor before the softmax.
 #[test]
 fn interp_light_thirdparty_models_match_tract() {
-    for (file, pre) in [("light_squeezenet.onnx", "r65"), ("light_resnet50.onnx", "r174")] {
+    for (file, pre) in [
+        ("light_squeezenet.onnx", "r65"),
+        ("light_resnet50.onnx", "r174"),
+    ] {
         let path = fixture(&format!("thirdparty/{file}"));
         let oracle = adaptivenet_onnx::Oracle::load(&path, None).unwrap();
         let (inp, out) = (input_name(&oracle.model), output_name(&oracle.model));
@@ -661,7 +1078,9 @@ fn interp_light_thirdparty_models_match_tract() {
         let data = rand_vec(shape.iter().product(), 5);
         let interp = Interpreter::new(&oracle.model, &HashSet::new(), &Device::Cpu).unwrap();
         let x = Tensor::from_vec(data.clone(), &shape, &Device::Cpu).unwrap();
-        let got = interp.forward(&[(inp.as_str(), x)], &[pre, out.as_str()]).unwrap();
+        let got = interp
+            .forward(&[(inp.as_str(), x)], &[pre, out.as_str()])
+            .unwrap();
 
         let facts = oracle.facts_at(1).unwrap();
         for (k, target) in [pre, out.as_str()].into_iter().enumerate() {
@@ -675,12 +1094,18 @@ fn interp_light_thirdparty_models_match_tract() {
                 .iter()
                 .copied()
                 .collect();
-            let scale = reference.iter().fold(0f32, |a, &b| a.max(b.abs())).max(1e-6);
+            let scale = reference
+                .iter()
+                .fold(0f32, |a, &b| a.max(b.abs()))
+                .max(1e-6);
             let d = max_abs_diff(&to_vec(&got[k]), &reference);
             eprintln!("{file} `{target}`: max abs diff vs tract {d:.3e} (max |value| {scale:.3e})");
             // The placeholder weights blow activations up to ~1e18, so only
             // a relative bound is meaningful (f32 summation order differs).
-            assert!(d / scale < 1e-4, "{file} `{target}`: max abs diff {d} at scale {scale}");
+            assert!(
+                d / scale < 1e-4,
+                "{file} `{target}`: max abs diff {d} at scale {scale}"
+            );
         }
     }
 }
@@ -692,17 +1117,28 @@ fn interp_export_into_round_trips_through_tract() {
     let fx = load_fixture();
     let (inp, out) = (input_name(&fx.model), output_name(&fx.model));
     let weights = conv_weights(&fx.model);
-    let trainable: HashSet<String> = [weights[1].clone(), weights[weights.len() - 1].clone()].into_iter().collect();
+    let trainable: HashSet<String> = [weights[1].clone(), weights[weights.len() - 1].clone()]
+        .into_iter()
+        .collect();
     let interp = Interpreter::new(&fx.model, &trainable, &Device::Cpu).unwrap();
     for var in interp.vars() {
         let changed = var.as_tensor().affine(0.9, 0.001).unwrap();
         var.set(&changed).unwrap();
     }
     let batch = 8;
-    let shape = [batch, fx.input_shape[1], fx.input_shape[2], fx.input_shape[3]];
+    let shape = [
+        batch,
+        fx.input_shape[1],
+        fx.input_shape[2],
+        fx.input_shape[3],
+    ];
     let data = fx.input[..shape.iter().product()].to_vec();
     let x = Tensor::from_vec(data.clone(), &shape, &Device::Cpu).unwrap();
-    let y = to_vec(&interp.forward(&[(inp.as_str(), x)], &[out.as_str()]).unwrap()[0]);
+    let y = to_vec(
+        &interp
+            .forward(&[(inp.as_str(), x)], &[out.as_str()])
+            .unwrap()[0],
+    );
 
     let mut model = fx.model.clone();
     assert_eq!(interp.export_into(&mut model).unwrap(), 2);

@@ -16,10 +16,16 @@ impl IntTensor {
         IntTensor { dims, data }
     }
     pub fn vector(data: Vec<i64>) -> IntTensor {
-        IntTensor { dims: vec![data.len()], data }
+        IntTensor {
+            dims: vec![data.len()],
+            data,
+        }
     }
     pub fn scalar(v: i64) -> IntTensor {
-        IntTensor { dims: vec![], data: vec![v] }
+        IntTensor {
+            dims: vec![],
+            data: vec![v],
+        }
     }
     pub fn rank(&self) -> usize {
         self.dims.len()
@@ -60,7 +66,10 @@ impl Value {
             Value::Int(i) => Ok(i.clone()),
             Value::Float(t) => {
                 let data = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-                Ok(IntTensor::new(t.dims().to_vec(), data.into_iter().map(|v| v as i64).collect()))
+                Ok(IntTensor::new(
+                    t.dims().to_vec(),
+                    data.into_iter().map(|v| v as i64).collect(),
+                ))
             }
         }
     }

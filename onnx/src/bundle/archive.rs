@@ -26,17 +26,24 @@ pub fn read_entries(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, ArchiveEr
         return Err(ArchiveError::Truncated("the file is empty".into()));
     }
     if bytes.len() < 2 * BLOCK {
-        return Err(ArchiveError::Truncated(format!("only {} bytes, shorter than an empty tar", bytes.len())));
+        return Err(ArchiveError::Truncated(format!(
+            "only {} bytes, shorter than an empty tar",
+            bytes.len()
+        )));
     }
     let mut archive = tar::Archive::new(bytes);
     let mut files = BTreeMap::new();
-    let entries = archive.entries().map_err(|e| ArchiveError::Malformed(one_line(&e)))?;
+    let entries = archive
+        .entries()
+        .map_err(|e| ArchiveError::Malformed(one_line(&e)))?;
     let mut end_of_data = 0usize;
     for entry in entries {
         let mut entry = entry.map_err(|e| classify(&e))?;
         let name = entry
             .path()
-            .map_err(|e| ArchiveError::Malformed(format!("an entry name is not valid: {}", one_line(&e))))?
+            .map_err(|e| {
+                ArchiveError::Malformed(format!("an entry name is not valid: {}", one_line(&e)))
+            })?
             .to_string_lossy()
             .into_owned();
         let kind = entry.header().entry_type();
@@ -61,7 +68,9 @@ pub fn read_entries(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, ArchiveEr
         }
         end_of_data = end_of_data.max(start + data.len());
         if files.insert(name.clone(), data).is_some() {
-            return Err(ArchiveError::Malformed(format!("entry `{name}` appears twice")));
+            return Err(ArchiveError::Malformed(format!(
+                "entry `{name}` appears twice"
+            )));
         }
     }
     // A complete tar ends with two zero blocks after the padded last entry;
@@ -70,7 +79,9 @@ pub fn read_entries(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, ArchiveEr
     let padded_end = end_of_data.div_ceil(BLOCK) * BLOCK;
     let tail = bytes.get(padded_end..).unwrap_or(&[]);
     if tail.len() < 2 * BLOCK || tail[..2 * BLOCK].iter().any(|&b| b != 0) {
-        return Err(ArchiveError::Truncated("it does not end with the end-of-archive marker (two zero blocks)".into()));
+        return Err(ArchiveError::Truncated(
+            "it does not end with the end-of-archive marker (two zero blocks)".into(),
+        ));
     }
     if files.is_empty() {
         return Err(ArchiveError::Malformed("the archive holds no files".into()));
@@ -93,7 +104,9 @@ fn one_line(e: &dyn std::fmt::Display) -> String {
 
 /// Serialise files into an uncompressed tar, in the given order, with fixed
 /// metadata (mode 0644, mtime 0, uid/gid 0) so equal inputs give equal bytes.
-pub fn tar_bytes<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> std::io::Result<Vec<u8>> {
+pub fn tar_bytes<'a>(
+    files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> std::io::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
     builder.mode(tar::HeaderMode::Deterministic);
     for (name, data) in files {
@@ -116,12 +129,19 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    let name = path.file_name().ok_or_else(|| std::io::Error::other("not a file path"))?.to_string_lossy().into_owned();
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("not a file path"))?
+        .to_string_lossy()
+        .into_owned();
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
     let result = (|| {
-        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -143,17 +163,36 @@ mod tests {
 
     #[test]
     fn round_trip_and_truncation() {
-        let files = [("a.txt", &b"hello"[..]), ("calibration/x.bin", &[7u8; 1000][..])];
+        let files = [
+            ("a.txt", &b"hello"[..]),
+            ("calibration/x.bin", &[7u8; 1000][..]),
+        ];
         let bytes = tar_bytes(files).unwrap();
         let back = read_entries(&bytes).unwrap();
         assert_eq!(back.len(), 2);
         assert_eq!(back["a.txt"], b"hello");
         assert_eq!(back["calibration/x.bin"].len(), 1000);
-        assert_eq!(tar_bytes(files).unwrap(), bytes, "tar output must be deterministic");
+        assert_eq!(
+            tar_bytes(files).unwrap(),
+            bytes,
+            "tar output must be deterministic"
+        );
         // Every truncation is an error, wherever it cuts.
-        for cut in [0, 100, 512, 1024, 1500, 2048, bytes.len() - 1024, bytes.len() - 1] {
+        for cut in [
+            0,
+            100,
+            512,
+            1024,
+            1500,
+            2048,
+            bytes.len() - 1024,
+            bytes.len() - 1,
+        ] {
             let err = read_entries(&bytes[..cut]).unwrap_err();
-            assert!(matches!(err, ArchiveError::Truncated(_)), "cut at {cut}: {err}");
+            assert!(
+                matches!(err, ArchiveError::Truncated(_)),
+                "cut at {cut}: {err}"
+            );
         }
         // Garbage is an error, not a panic.
         let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 31 % 251) as u8).collect();

@@ -70,12 +70,24 @@ pub fn oracle_manifest(oracle: &Oracle, desc: &ModelDescription) -> crate::Resul
     }];
     let mut branches = Vec::new();
     for (i, b) in summary.blocks.iter().enumerate() {
-        cuts.push(Cut { index: i + 1, tensor: b.output.clone(), shape: batch_shape("N", &rest(&b.output_shape)) });
-        branches.push(Branch::original(i, b.output.clone(), b.stats.macs, b.stats.params));
+        cuts.push(Cut {
+            index: i + 1,
+            tensor: b.output.clone(),
+            shape: batch_shape("N", &rest(&b.output_shape)),
+        });
+        branches.push(Branch::original(
+            i,
+            b.output.clone(),
+            b.stats.macs,
+            b.stats.params,
+        ));
     }
     Ok(Manifest {
         format_version: FORMAT_VERSION,
-        model: ModelInfo { name: desc.name.clone(), version: desc.version },
+        model: ModelInfo {
+            name: desc.name.clone(),
+            version: desc.version,
+        },
         compatible: desc.compatible.clone(),
         input: InputSpec {
             name: input_name,
@@ -85,7 +97,9 @@ pub fn oracle_manifest(oracle: &Oracle, desc: &ModelDescription) -> crate::Resul
             preprocess: desc.preprocess.clone(),
             labels: desc.labels.clone(),
         },
-        output: OutputSpec { name: oracle.layout.output.clone() },
+        output: OutputSpec {
+            name: oracle.layout.output.clone(),
+        },
         cuts,
         branches,
         files: BTreeMap::new(),

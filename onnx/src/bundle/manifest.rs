@@ -78,7 +78,10 @@ impl BranchId {
                 "shrink ratio {ratio} must be a whole percentage strictly between 0 and 1 (for example 0.5)"
             )));
         }
-        Ok(BranchId::Shrink { block, percent: percent as u32 })
+        Ok(BranchId::Shrink {
+            block,
+            percent: percent as u32,
+        })
     }
 }
 
@@ -99,10 +102,14 @@ pub struct IdError(pub String);
 
 fn parse_index(s: &str, whole: &str, what: &str) -> Result<usize, IdError> {
     // Digits only: no sign, no spaces, no leading zeros (so the text form is unique).
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0')) {
-        return Err(IdError(format!("branch id `{whole}`: {what} `{s}` is not a number")));
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
+    {
+        return Err(IdError(format!(
+            "branch id `{whole}`: {what} `{s}` is not a number"
+        )));
     }
-    s.parse().map_err(|_| IdError(format!("branch id `{whole}`: {what} `{s}` is too large")))
+    s.parse()
+        .map_err(|_| IdError(format!("branch id `{whole}`: {what} `{s}` is too large")))
 }
 
 impl FromStr for BranchId {
@@ -115,13 +122,17 @@ impl FromStr for BranchId {
         };
         let (tag, rest) = s.split_at_checked(1).ok_or_else(bad)?;
         match tag {
-            "b" => Ok(BranchId::Original { block: parse_index(rest, s, "block")? }),
+            "b" => Ok(BranchId::Original {
+                block: parse_index(rest, s, "block")?,
+            }),
             "m" => {
                 let (from, span) = rest.split_once('x').ok_or_else(bad)?;
                 let from = parse_index(from, s, "cut")?;
                 let span = parse_index(span, s, "span")?;
                 if span < 2 {
-                    return Err(IdError(format!("branch id `{s}`: a merge spans at least 2 blocks")));
+                    return Err(IdError(format!(
+                        "branch id `{s}`: a merge spans at least 2 blocks"
+                    )));
                 }
                 Ok(BranchId::Merge { from, span })
             }
@@ -130,9 +141,14 @@ impl FromStr for BranchId {
                 let block = parse_index(block, s, "block")?;
                 let percent = parse_index(pct, s, "percent")?;
                 if !(1..=99).contains(&percent) {
-                    return Err(IdError(format!("branch id `{s}`: the percentage must be between 1 and 99")));
+                    return Err(IdError(format!(
+                        "branch id `{s}`: the percentage must be between 1 and 99"
+                    )));
                 }
-                Ok(BranchId::Shrink { block, percent: percent as u32 })
+                Ok(BranchId::Shrink {
+                    block,
+                    percent: percent as u32,
+                })
             }
             _ => Err(bad()),
         }
@@ -164,7 +180,11 @@ impl SubnetId {
     }
     /// The path of originals b0..b{n-1}: the oracle itself.
     pub fn oracle(num_blocks: usize) -> SubnetId {
-        SubnetId((0..num_blocks).map(|block| BranchId::Original { block }).collect())
+        SubnetId(
+            (0..num_blocks)
+                .map(|block| BranchId::Original { block })
+                .collect(),
+        )
     }
     /// Check that the path is contiguous from c_0 to c_`num_blocks` (without
     /// looking at which branches exist; see [`Manifest::validate_subnet`]).
@@ -203,9 +223,14 @@ impl fmt::Display for SubnetId {
 impl FromStr for SubnetId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
-        let ids = s.split_whitespace().map(BranchId::from_str).collect::<Result<Vec<_>, _>>()?;
+        let ids = s
+            .split_whitespace()
+            .map(BranchId::from_str)
+            .collect::<Result<Vec<_>, _>>()?;
         if ids.is_empty() {
-            return Err(IdError("an empty subnet id; expected branch ids joined by spaces (`b0 m1x2 b3`)".into()));
+            return Err(IdError(
+                "an empty subnet id; expected branch ids joined by spaces (`b0 m1x2 b3`)".into(),
+            ));
         }
         Ok(SubnetId(ids))
     }
@@ -257,12 +282,21 @@ impl fmt::Display for Dim {
 
 /// A shape with a symbolic (or -1) batch first and fixed sizes after it.
 pub fn batch_shape(symbol: &str, rest: &[usize]) -> Vec<Dim> {
-    std::iter::once(Dim::Symbol(symbol.to_string())).chain(rest.iter().map(|&d| Dim::Fixed(d as i64))).collect()
+    std::iter::once(Dim::Symbol(symbol.to_string()))
+        .chain(rest.iter().map(|&d| Dim::Fixed(d as i64)))
+        .collect()
 }
 
 /// Text form of a shape: `[N, 1, 28, 28]`.
 pub fn shape_string(shape: &[Dim]) -> String {
-    format!("[{}]", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+    format!(
+        "[{}]",
+        shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// The manifest of a bundle (`manifest.yaml`).
@@ -381,7 +415,12 @@ pub struct Branch {
 
 impl Branch {
     /// An original block as a branch.
-    pub fn original(block: usize, tensor: impl Into<String>, macs: u64, param_count: u64) -> Branch {
+    pub fn original(
+        block: usize,
+        tensor: impl Into<String>,
+        macs: u64,
+        param_count: u64,
+    ) -> Branch {
         Branch {
             id: BranchId::Original { block },
             from: block,
@@ -424,23 +463,31 @@ pub fn check_file_name(name: &str) -> Result<(), String> {
         return Err("an empty file name".into());
     }
     if name.starts_with('/') || name.contains('\\') || name.contains('\0') {
-        return Err(format!("`{name}` is not a relative path with `/` separators"));
+        return Err(format!(
+            "`{name}` is not a relative path with `/` separators"
+        ));
     }
-    if name.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+    if name
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
         return Err(format!("`{name}` has an empty, `.` or `..` component"));
     }
     Ok(())
 }
 
 fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl Manifest {
     /// Parse and validate `manifest.yaml`. Unknown keys are rejected with
     /// their name and line.
     pub fn from_yaml(text: &str) -> Result<Manifest, ManifestError> {
-        let m: Manifest = yaml_serde::from_str(text).map_err(|e| ManifestError::Parse(yaml_error(&e)))?;
+        let m: Manifest =
+            yaml_serde::from_str(text).map_err(|e| ManifestError::Parse(yaml_error(&e)))?;
         m.validate()?;
         Ok(m)
     }
@@ -448,7 +495,8 @@ impl Manifest {
     /// Serialise to YAML (after validating).
     pub fn to_yaml(&self) -> Result<String, ManifestError> {
         self.validate()?;
-        yaml_serde::to_string(self).map_err(|e| ManifestError::Invalid(format!("cannot serialise the manifest: {e}")))
+        yaml_serde::to_string(self)
+            .map_err(|e| ManifestError::Invalid(format!("cannot serialise the manifest: {e}")))
     }
 
     /// Number of blocks N (cuts are c_0..c_N).
@@ -471,7 +519,9 @@ impl Manifest {
     pub fn validate_subnet(&self, subnet: &SubnetId) -> Result<(), IdError> {
         for b in subnet.branches() {
             if self.branch(b).is_none() {
-                return Err(IdError(format!("subnet `{subnet}`: branch `{b}` is not in the bundle")));
+                return Err(IdError(format!(
+                    "subnet `{subnet}`: branch `{b}` is not in the bundle"
+                )));
             }
         }
         subnet.check_path(self.num_blocks())
@@ -537,20 +587,31 @@ impl Manifest {
             ));
         }
         if let Some(i) = pp.std.iter().position(|s| !(s.is_finite() && *s > 0.0)) {
-            return bad(format!("input.preprocess.std[{i}]: {} must be a positive number", pp.std[i]));
+            return bad(format!(
+                "input.preprocess.std[{i}]: {} must be a positive number",
+                pp.std[i]
+            ));
         }
         if let Some(i) = pp.mean.iter().position(|m| !m.is_finite()) {
-            return bad(format!("input.preprocess.mean[{i}]: must be a finite number"));
+            return bad(format!(
+                "input.preprocess.mean[{i}]: must be a finite number"
+            ));
         }
         if self.output.name.is_empty() {
             return bad("output.name: must not be empty".into());
         }
         if self.cuts.len() < 2 {
-            return bad(format!("cuts: {} listed; a supernet needs at least 2 cuts (one block)", self.cuts.len()));
+            return bad(format!(
+                "cuts: {} listed; a supernet needs at least 2 cuts (one block)",
+                self.cuts.len()
+            ));
         }
         for (i, c) in self.cuts.iter().enumerate() {
             if c.index != i {
-                return bad(format!("cuts[{i}].index: {} but cuts must be listed as 0, 1, 2, ... in order", c.index));
+                return bad(format!(
+                    "cuts[{i}].index: {} but cuts must be listed as 0, 1, 2, ... in order",
+                    c.index
+                ));
             }
             if c.tensor.is_empty() {
                 return bad(format!("cuts[{i}].tensor: must not be empty"));
@@ -574,10 +635,17 @@ impl Manifest {
                 ));
             }
             if b.kind != b.id.kind() {
-                return bad(format!("{at}: kind `{}` does not match the id, which is a {}", b.kind, b.id.kind()));
+                return bad(format!(
+                    "{at}: kind `{}` does not match the id, which is a {}",
+                    b.kind,
+                    b.id.kind()
+                ));
             }
             if b.to > n {
-                return bad(format!("{at}: ends at cut {} but the last cut is c_{n}", b.to));
+                return bad(format!(
+                    "{at}: ends at cut {} but the last cut is c_{n}",
+                    b.to
+                ));
             }
             if b.tensor.is_empty() {
                 return bad(format!("{at}: tensor must not be empty"));
@@ -589,11 +657,16 @@ impl Manifest {
                 ));
             }
             if b.kind != BranchKind::Original && self.cuts.iter().any(|c| c.tensor == b.tensor) {
-                return bad(format!("{at}: a {} must write its own tensor, not the cut tensor `{}`", b.kind, b.tensor));
+                return bad(format!(
+                    "{at}: a {} must write its own tensor, not the cut tensor `{}`",
+                    b.kind, b.tensor
+                ));
             }
             if let Some(l) = b.distill_loss {
                 if !l.is_finite() || l < 0.0 {
-                    return bad(format!("{at}: distill_loss {l} must be a finite non-negative number"));
+                    return bad(format!(
+                        "{at}: distill_loss {l} must be a finite non-negative number"
+                    ));
                 }
             }
         }
@@ -603,18 +676,29 @@ impl Manifest {
             }
         }
         let mut tensors = BTreeSet::new();
-        for b in self.branches.iter().filter(|b| b.kind != BranchKind::Original) {
+        for b in self
+            .branches
+            .iter()
+            .filter(|b| b.kind != BranchKind::Original)
+        {
             if !tensors.insert(&b.tensor) {
-                return bad(format!("branches (`{}`): tensor `{}` is written by two branches", b.id, b.tensor));
+                return bad(format!(
+                    "branches (`{}`): tensor `{}` is written by two branches",
+                    b.id, b.tensor
+                ));
             }
         }
         for (name, hash) in &self.files {
             check_file_name(name).map_err(|e| ManifestError::Invalid(format!("files: {e}")))?;
             if name == MANIFEST_FILE || name == SIGNATURE_FILE {
-                return bad(format!("files: `{name}` must not be listed (it cannot hold its own checksum)"));
+                return bad(format!(
+                    "files: `{name}` must not be listed (it cannot hold its own checksum)"
+                ));
             }
             if !is_sha256_hex(hash) {
-                return bad(format!("files.`{name}`: `{hash}` is not a sha256 in lowercase hex (64 characters)"));
+                return bad(format!(
+                    "files.`{name}`: `{hash}` is not a sha256 in lowercase hex (64 characters)"
+                ));
             }
         }
         Ok(())
@@ -623,7 +707,9 @@ impl Manifest {
 
 fn check_shape(at: &str, shape: &[Dim]) -> Result<(), ManifestError> {
     if shape.is_empty() {
-        return Err(ManifestError::Invalid(format!("{at}: must have at least one dim")));
+        return Err(ManifestError::Invalid(format!(
+            "{at}: must have at least one dim"
+        )));
     }
     for (i, d) in shape.iter().enumerate() {
         let ok = match d {
@@ -659,8 +745,20 @@ mod tests {
             ("b13", BranchId::Original { block: 13 }),
             ("m3x2", BranchId::Merge { from: 3, span: 2 }),
             ("m10x3", BranchId::Merge { from: 10, span: 3 }),
-            ("s4@50", BranchId::Shrink { block: 4, percent: 50 }),
-            ("s0@25", BranchId::Shrink { block: 0, percent: 25 }),
+            (
+                "s4@50",
+                BranchId::Shrink {
+                    block: 4,
+                    percent: 50,
+                },
+            ),
+            (
+                "s0@25",
+                BranchId::Shrink {
+                    block: 0,
+                    percent: 25,
+                },
+            ),
         ] {
             let parsed: BranchId = text.parse().unwrap();
             assert_eq!(parsed, id, "{text}");
@@ -671,14 +769,17 @@ mod tests {
         assert!(BranchId::shrink(2, 0.125).is_err());
         assert!(BranchId::shrink(2, 1.0).is_err());
         let m: BranchId = "m3x2".parse().unwrap();
-        assert_eq!((m.from_cut(), m.to_cut(), m.kind()), (3, 5, BranchKind::Merge));
+        assert_eq!(
+            (m.from_cut(), m.to_cut(), m.kind()),
+            (3, 5, BranchKind::Merge)
+        );
     }
 
     #[test]
     fn bad_branch_ids_are_rejected() {
         for bad in [
-            "", "b", "x3", "b-1", "b+1", "b01", "m3", "m3x1", "m3x", "mx2", "s4", "s4@0", "s4@100", "s4@5.5", "B3",
-            " b3", "b3 ",
+            "", "b", "x3", "b-1", "b+1", "b01", "m3", "m3x1", "m3x", "mx2", "s4", "s4@0", "s4@100",
+            "s4@5.5", "B3", " b3", "b3 ",
         ] {
             assert!(bad.parse::<BranchId>().is_err(), "`{bad}` should not parse");
         }
@@ -693,7 +794,11 @@ mod tests {
         s.check_path(6).unwrap();
         assert!(s.check_path(7).unwrap_err().0.contains("ends at cut 6"));
         let gap: SubnetId = "b0 b2".parse().unwrap();
-        assert!(gap.check_path(3).unwrap_err().0.contains("`b2` starts at cut 2"));
+        assert!(gap
+            .check_path(3)
+            .unwrap_err()
+            .0
+            .contains("`b2` starts at cut 2"));
         assert!("".parse::<SubnetId>().is_err());
         assert!("b0 q1".parse::<SubnetId>().is_err());
         // Extra whitespace is accepted on input; output is canonical.
@@ -703,8 +808,14 @@ mod tests {
     }
 
     pub(crate) fn sample() -> Manifest {
-        let cut = |i: usize| Cut { index: i, tensor: format!("c{i}"), shape: batch_shape("N", &[8, 4, 4]) };
-        let mut branches: Vec<Branch> = (0..3).map(|b| Branch::original(b, format!("c{}", b + 1), 100, 10)).collect();
+        let cut = |i: usize| Cut {
+            index: i,
+            tensor: format!("c{i}"),
+            shape: batch_shape("N", &[8, 4, 4]),
+        };
+        let mut branches: Vec<Branch> = (0..3)
+            .map(|b| Branch::original(b, format!("c{}", b + 1), 100, 10))
+            .collect();
         branches.push(Branch {
             id: "m0x2".parse().unwrap(),
             from: 0,
@@ -718,14 +829,20 @@ mod tests {
         });
         Manifest {
             format_version: 1,
-            model: ModelInfo { name: "toy".into(), version: 3 },
+            model: ModelInfo {
+                name: "toy".into(),
+                version: 3,
+            },
             compatible: "generic-cpu".into(),
             input: InputSpec {
                 name: "x".into(),
                 shape: batch_shape("N", &[1, 4, 4]),
                 dtype: "float".into(),
                 layout: "NCHW".into(),
-                preprocess: Preprocess { mean: vec![0.5], std: vec![0.25] },
+                preprocess: Preprocess {
+                    mean: vec![0.5],
+                    std: vec![0.25],
+                },
                 labels: vec!["a".into(), "b".into()],
             },
             output: OutputSpec { name: "y".into() },
@@ -744,16 +861,28 @@ mod tests {
         assert_eq!(back, m);
         m.validate_subnet(&"m0x2 b2".parse().unwrap()).unwrap();
         assert_eq!(m.count_subnets(), 2);
-        assert!(m.parse_subnet("b0 m1x2").unwrap_err().0.contains("`m1x2` is not in the bundle"));
+        assert!(m
+            .parse_subnet("b0 m1x2")
+            .unwrap_err()
+            .0
+            .contains("`m1x2` is not in the bundle"));
     }
 
     #[test]
     fn unknown_key_is_named_with_its_line() {
-        let text = sample().to_yaml().unwrap().replacen("compatible:", "colour: red\ncompatible:", 1);
+        let text =
+            sample()
+                .to_yaml()
+                .unwrap()
+                .replacen("compatible:", "colour: red\ncompatible:", 1);
         let err = Manifest::from_yaml(&text).unwrap_err().to_string();
         assert!(err.contains("unknown field `colour`"), "{err}");
         assert!(err.contains("line "), "{err}");
-        let nested = sample().to_yaml().unwrap().replacen("  version: 3", "  version: 3\n  flavour: x", 1);
+        let nested =
+            sample()
+                .to_yaml()
+                .unwrap()
+                .replacen("  version: 3", "  version: 3\n  flavour: x", 1);
         let err = Manifest::from_yaml(&nested).unwrap_err().to_string();
         assert!(err.contains("unknown field `flavour`"), "{err}");
     }
@@ -762,21 +891,41 @@ mod tests {
     fn inconsistent_manifests_are_rejected() {
         let mut m = sample();
         m.branches[3].to = 3;
-        assert!(m.validate().unwrap_err().to_string().contains("do not match the id"));
+        assert!(m
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("do not match the id"));
         let mut m = sample();
         m.branches.remove(1);
-        assert!(m.validate().unwrap_err().to_string().contains("`b1` is missing"));
+        assert!(m
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("`b1` is missing"));
         let mut m = sample();
         m.format_version = 2;
-        assert!(m.validate().unwrap_err().to_string().contains("format_version"));
+        assert!(m
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("format_version"));
         let mut m = sample();
         m.files.insert("../etc/passwd".into(), "0".repeat(64));
         assert!(m.validate().unwrap_err().to_string().contains(".."));
         let mut m = sample();
         m.input.shape[2] = Dim::Fixed(-1);
-        assert!(m.validate().unwrap_err().to_string().contains("input.shape[2]"));
+        assert!(m
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("input.shape[2]"));
         let mut m = sample();
         m.branches[0].tensor = "other".into();
-        assert!(m.validate().unwrap_err().to_string().contains("writes the cut tensor `c1`"));
+        assert!(m
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("writes the cut tensor `c1`"));
     }
 }

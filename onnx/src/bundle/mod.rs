@@ -23,9 +23,9 @@ use tract_onnx::pb::ModelProto;
 pub use archive::ArchiveError;
 pub use from_oracle::{oracle_manifest, ModelDescription};
 pub use manifest::{
-    batch_shape, shape_string, Branch, BranchId, BranchKind, CreatedBy, Cut, Dim, IdError, InputSpec, Manifest,
-    ManifestError, ModelInfo, OutputSpec, Preprocess, SubnetId, CALIBRATION_DIR, FORMAT_VERSION, MANIFEST_FILE,
-    SIGNATURE_FILE, SUPERNET_FILE,
+    batch_shape, shape_string, Branch, BranchId, BranchKind, CreatedBy, Cut, Dim, IdError,
+    InputSpec, Manifest, ManifestError, ModelInfo, OutputSpec, Preprocess, SubnetId,
+    CALIBRATION_DIR, FORMAT_VERSION, MANIFEST_FILE, SIGNATURE_FILE, SUPERNET_FILE,
 };
 pub use signature::{read_public_key, PublicKey, SignatureError};
 
@@ -41,7 +41,11 @@ pub enum BundleProblem {
     #[error("`{0}` is in the bundle but not listed in the manifest's `files`")]
     UnlistedFile(String),
     #[error("checksum mismatch for `{file}`: the manifest lists sha256 {expected}, the file has {actual}")]
-    Checksum { file: String, expected: String, actual: String },
+    Checksum {
+        file: String,
+        expected: String,
+        actual: String,
+    },
     #[error("manifest.yaml is not UTF-8 text")]
     ManifestNotText,
     #[error("manifest.yaml: {0}")]
@@ -87,13 +91,19 @@ pub struct BundleError {
 
 impl BundleError {
     pub fn new(path: impl Into<PathBuf>, problem: impl Into<BundleProblem>) -> Self {
-        BundleError { path: path.into(), problem: problem.into() }
+        BundleError {
+            path: path.into(),
+            problem: problem.into(),
+        }
     }
 }
 
 impl From<BundleError> for crate::Error {
     fn from(e: BundleError) -> Self {
-        crate::Error::BadData { origin: e.path.display().to_string(), problem: e.problem.to_string() }
+        crate::Error::BadData {
+            origin: e.path.display().to_string(),
+            problem: e.problem.to_string(),
+        }
     }
 }
 
@@ -107,7 +117,10 @@ pub type Signer<'a> = &'a dyn Fn(&[u8]) -> std::result::Result<Vec<u8>, String>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SignatureStatus {
     /// Verified by `trusted_keys[key_index]`.
-    Verified { key_index: usize, trusted_comment: String },
+    Verified {
+        key_index: usize,
+        trusted_comment: String,
+    },
     /// No signature, and unsigned bundles were allowed.
     Unsigned,
     /// A signature is present but no trusted key was given (unsigned bundles
@@ -147,18 +160,29 @@ impl Bundle {
     /// Read and check the bundle at `path`. A signature is required unless
     /// `allow_unsigned`; when one is present and `trusted_keys` is not empty
     /// it must verify with one of them.
-    pub fn open(path: impl AsRef<Path>, trusted_keys: &[PublicKey], allow_unsigned: bool) -> Result<Bundle> {
+    pub fn open(
+        path: impl AsRef<Path>,
+        trusted_keys: &[PublicKey],
+        allow_unsigned: bool,
+    ) -> Result<Bundle> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| BundleError::new(path, BundleProblem::Io(e)))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| BundleError::new(path, BundleProblem::Io(e)))?;
         Bundle::from_bytes(path, &bytes, trusted_keys, allow_unsigned)
     }
 
     /// As [`Bundle::open`], for bytes already read; `path` names them in errors.
-    pub fn from_bytes(path: &Path, bytes: &[u8], trusted_keys: &[PublicKey], allow_unsigned: bool) -> Result<Bundle> {
+    pub fn from_bytes(
+        path: &Path,
+        bytes: &[u8],
+        trusted_keys: &[PublicKey],
+        allow_unsigned: bool,
+    ) -> Result<Bundle> {
         let err = |p: BundleProblem| BundleError::new(path, p);
         let mut files = archive::read_entries(bytes).map_err(|e| err(e.into()))?;
-        let manifest_bytes =
-            files.remove(MANIFEST_FILE).ok_or_else(|| err(BundleProblem::MissingFile(MANIFEST_FILE.into())))?;
+        let manifest_bytes = files
+            .remove(MANIFEST_FILE)
+            .ok_or_else(|| err(BundleProblem::MissingFile(MANIFEST_FILE.into())))?;
         let signature = files.remove(SIGNATURE_FILE);
 
         // The signature first: nothing in an unverified manifest is trusted.
@@ -170,7 +194,8 @@ impl Bundle {
                 SignatureStatus::NotChecked
             }
             (Some(sig), _) => {
-                let key_index = signature::verify(&manifest_bytes, sig, trusted_keys).map_err(|e| err(e.into()))?;
+                let key_index = signature::verify(&manifest_bytes, sig, trusted_keys)
+                    .map_err(|e| err(e.into()))?;
                 SignatureStatus::Verified {
                     key_index,
                     trusted_comment: signature::trusted_comment(sig).unwrap_or_default(),
@@ -178,19 +203,26 @@ impl Bundle {
             }
         };
 
-        let text = std::str::from_utf8(&manifest_bytes).map_err(|_| err(BundleProblem::ManifestNotText))?;
+        let text = std::str::from_utf8(&manifest_bytes)
+            .map_err(|_| err(BundleProblem::ManifestNotText))?;
         let manifest = Manifest::from_yaml(text).map_err(|e| err(e.into()))?;
 
         if !manifest.files.contains_key(SUPERNET_FILE) {
-            return Err(err(BundleProblem::Manifest(ManifestError::Invalid(format!(
-                "files: `{SUPERNET_FILE}` must be listed"
-            )))));
+            return Err(err(BundleProblem::Manifest(ManifestError::Invalid(
+                format!("files: `{SUPERNET_FILE}` must be listed"),
+            ))));
         }
         for (name, expected) in &manifest.files {
-            let data = files.get(name).ok_or_else(|| err(BundleProblem::MissingFile(name.clone())))?;
+            let data = files
+                .get(name)
+                .ok_or_else(|| err(BundleProblem::MissingFile(name.clone())))?;
             let actual = sha256_hex(data);
             if &actual != expected {
-                return Err(err(BundleProblem::Checksum { file: name.clone(), expected: expected.clone(), actual }));
+                return Err(err(BundleProblem::Checksum {
+                    file: name.clone(),
+                    expected: expected.clone(),
+                    actual,
+                }));
             }
         }
         if let Some(extra) = files.keys().find(|k| !manifest.files.contains_key(*k)) {
@@ -200,7 +232,8 @@ impl Bundle {
         let origin = format!("{}:{SUPERNET_FILE}", path.display());
         let model = crate::model_io::decode_model(&files[SUPERNET_FILE], &origin)
             .map_err(|e| err(BundleProblem::Model(e.to_string())))?;
-        check_model_against_manifest(&model, &manifest).map_err(|m| err(BundleProblem::ModelMismatch(m)))?;
+        check_model_against_manifest(&model, &manifest)
+            .map_err(|m| err(BundleProblem::ModelMismatch(m)))?;
 
         Ok(Bundle {
             path: path.to_path_buf(),
@@ -228,28 +261,45 @@ impl Bundle {
 }
 
 /// The manifest names tensors of the supernet: check that they exist.
-fn check_model_against_manifest(model: &ModelProto, m: &Manifest) -> std::result::Result<(), String> {
+fn check_model_against_manifest(
+    model: &ModelProto,
+    m: &Manifest,
+) -> std::result::Result<(), String> {
     let graph = model.graph.as_ref().ok_or("it has no graph")?;
-    let inputs: std::collections::HashSet<&str> = graph.input.iter().map(|v| v.name.as_str()).collect();
-    let outputs: std::collections::HashSet<&str> = graph.output.iter().map(|v| v.name.as_str()).collect();
+    let inputs: std::collections::HashSet<&str> =
+        graph.input.iter().map(|v| v.name.as_str()).collect();
+    let outputs: std::collections::HashSet<&str> =
+        graph.output.iter().map(|v| v.name.as_str()).collect();
     let mut produced: std::collections::HashSet<&str> = inputs.clone();
     for node in &graph.node {
         produced.extend(node.output.iter().map(String::as_str));
     }
     if !inputs.contains(m.input.name.as_str()) {
-        return Err(format!("input.name `{}` is not an input of the graph", m.input.name));
+        return Err(format!(
+            "input.name `{}` is not an input of the graph",
+            m.input.name
+        ));
     }
     if !outputs.contains(m.output.name.as_str()) {
-        return Err(format!("output.name `{}` is not an output of the graph", m.output.name));
+        return Err(format!(
+            "output.name `{}` is not an output of the graph",
+            m.output.name
+        ));
     }
     for c in &m.cuts {
         if !produced.contains(c.tensor.as_str()) {
-            return Err(format!("cut {} tensor `{}` is not in the graph", c.index, c.tensor));
+            return Err(format!(
+                "cut {} tensor `{}` is not in the graph",
+                c.index, c.tensor
+            ));
         }
     }
     for b in m.branches.iter().filter(|b| b.kind != BranchKind::Original) {
         if !outputs.contains(b.tensor.as_str()) {
-            return Err(format!("branch `{}` tensor `{}` is not an output of the graph", b.id, b.tensor));
+            return Err(format!(
+                "branch `{}` tensor `{}` is not an output of the graph",
+                b.id, b.tensor
+            ));
         }
     }
     Ok(())
@@ -271,8 +321,14 @@ fn write_archive(
     if let Some(s) = files.get(SUPERNET_FILE) {
         entries.push((SUPERNET_FILE, s));
     }
-    entries.extend(files.iter().filter(|(k, _)| *k != SUPERNET_FILE).map(|(k, v)| (k.as_str(), v.as_slice())));
-    let bytes = archive::tar_bytes(entries).map_err(|e| BundleError::new(out, BundleProblem::Io(e)))?;
+    entries.extend(
+        files
+            .iter()
+            .filter(|(k, _)| *k != SUPERNET_FILE)
+            .map(|(k, v)| (k.as_str(), v.as_slice())),
+    );
+    let bytes =
+        archive::tar_bytes(entries).map_err(|e| BundleError::new(out, BundleProblem::Io(e)))?;
     archive::write_atomically(out, &bytes).map_err(|e| BundleError::new(out, BundleProblem::Io(e)))
 }
 
@@ -287,18 +343,30 @@ pub struct BundleWriter {
 impl BundleWriter {
     /// Start from a manifest; its `files` map is recomputed on write.
     pub fn new(manifest: Manifest) -> BundleWriter {
-        BundleWriter { manifest, files: BTreeMap::new() }
+        BundleWriter {
+            manifest,
+            files: BTreeMap::new(),
+        }
     }
 
     /// Add a file (`supernet.onnx`, `calibration/...`).
-    pub fn add_file(&mut self, name: &str, bytes: Vec<u8>) -> std::result::Result<&mut Self, BundleProblem> {
-        let bad = |problem: String| BundleProblem::BadFile { name: name.to_string(), problem };
+    pub fn add_file(
+        &mut self,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> std::result::Result<&mut Self, BundleProblem> {
+        let bad = |problem: String| BundleProblem::BadFile {
+            name: name.to_string(),
+            problem,
+        };
         manifest::check_file_name(name).map_err(bad)?;
         if name == MANIFEST_FILE || name == SIGNATURE_FILE {
             return Err(bad("the writer makes this file itself".into()));
         }
         if name != SUPERNET_FILE && !name.starts_with(CALIBRATION_DIR) {
-            return Err(bad(format!("a bundle holds only `{SUPERNET_FILE}` and files under `{CALIBRATION_DIR}`")));
+            return Err(bad(format!(
+                "a bundle holds only `{SUPERNET_FILE}` and files under `{CALIBRATION_DIR}`"
+            )));
         }
         if self.files.insert(name.to_string(), bytes).is_some() {
             return Err(bad("added twice".into()));
@@ -309,7 +377,11 @@ impl BundleWriter {
     /// The manifest with `files` filled in from the added files.
     pub fn manifest(&self) -> Manifest {
         let mut m = self.manifest.clone();
-        m.files = self.files.iter().map(|(k, v)| (k.clone(), sha256_hex(v))).collect();
+        m.files = self
+            .files
+            .iter()
+            .map(|(k, v)| (k.clone(), sha256_hex(v)))
+            .collect();
         m
     }
 
@@ -322,11 +394,7 @@ impl BundleWriter {
     /// text) and write to `path` atomically; returns the written manifest.
     /// The supernet is decoded and checked against the manifest first, so a
     /// writer does not publish a bundle that [`Bundle::open`] would reject.
-    pub fn write(
-        &self,
-        path: &Path,
-        sign: Option<Signer<'_>>,
-    ) -> Result<Manifest> {
+    pub fn write(&self, path: &Path, sign: Option<Signer<'_>>) -> Result<Manifest> {
         let err = |p: BundleProblem| BundleError::new(path, p);
         if !self.files.contains_key(SUPERNET_FILE) {
             return Err(err(BundleProblem::MissingFile(SUPERNET_FILE.into())));
@@ -337,11 +405,14 @@ impl BundleWriter {
         let origin = format!("{}:{SUPERNET_FILE}", path.display());
         let model = crate::model_io::decode_model(&self.files[SUPERNET_FILE], &origin)
             .map_err(|e| err(BundleProblem::Model(e.to_string())))?;
-        check_model_against_manifest(&model, &manifest).map_err(|m| err(BundleProblem::ModelMismatch(m)))?;
+        check_model_against_manifest(&model, &manifest)
+            .map_err(|m| err(BundleProblem::ModelMismatch(m)))?;
         let signature = match sign {
             Some(f) => {
                 let sig = f(&manifest_bytes).map_err(|e| {
-                    err(BundleProblem::Signature(SignatureError::Malformed(format!("signing failed: {e}"))))
+                    err(BundleProblem::Signature(SignatureError::Malformed(
+                        format!("signing failed: {e}"),
+                    )))
                 })?;
                 signature::check_signature_format(&sig).map_err(|e| err(e.into()))?;
                 Some(sig)
@@ -362,7 +433,8 @@ pub fn write_bundle(
 ) -> Result<Manifest> {
     let mut w = BundleWriter::new(manifest.clone());
     for (name, bytes) in files {
-        w.add_file(name, bytes.to_vec()).map_err(|p| BundleError::new(path, p))?;
+        w.add_file(name, bytes.to_vec())
+            .map_err(|p| BundleError::new(path, p))?;
     }
     w.write(path, sign)
 }

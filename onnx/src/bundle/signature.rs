@@ -8,14 +8,18 @@ pub use minisign_verify::{PublicKey, Signature};
 /// Read a minisign public key file (`NAME.pub`: an untrusted comment line and
 /// a base64 line, as written by `minisign -G` or `adaptivenet keygen`).
 pub fn read_public_key(path: &Path) -> Result<PublicKey, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read the public key: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read the public key: {e}", path.display()))?;
     parse_public_key(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Parse the text of a minisign public key file, or a bare base64 key.
 pub fn parse_public_key(text: &str) -> Result<PublicKey, String> {
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let key_line = match lines.as_slice() {
         [comment, key] if comment.starts_with("untrusted comment:") => *key,
         [key] => *key,
@@ -40,15 +44,22 @@ pub enum SignatureError {
     NoTrustedKeys,
     #[error("manifest.sig was made with a key that is not trusted (checked {0} key(s))")]
     UntrustedKey(usize),
-    #[error("manifest.sig does not match manifest.yaml: the manifest or the signature was altered")]
+    #[error(
+        "manifest.sig does not match manifest.yaml: the manifest or the signature was altered"
+    )]
     Invalid,
 }
 
 /// Verify `signature` (the text of `manifest.sig`) over `data` against the
 /// trusted keys; returns the index of the key that verified it. Legacy
 /// (non-prehashed) signatures are accepted too, as `minisign -V` does.
-pub fn verify(data: &[u8], signature: &[u8], trusted: &[PublicKey]) -> Result<usize, SignatureError> {
-    let text = std::str::from_utf8(signature).map_err(|_| SignatureError::Malformed("not UTF-8 text".into()))?;
+pub fn verify(
+    data: &[u8],
+    signature: &[u8],
+    trusted: &[PublicKey],
+) -> Result<usize, SignatureError> {
+    let text = std::str::from_utf8(signature)
+        .map_err(|_| SignatureError::Malformed("not UTF-8 text".into()))?;
     let sig = Signature::decode(text).map_err(|e| SignatureError::Malformed(e.to_string()))?;
     if trusted.is_empty() {
         return Err(SignatureError::NoTrustedKeys);
@@ -70,12 +81,17 @@ pub fn verify(data: &[u8], signature: &[u8], trusted: &[PublicKey]) -> Result<us
 
 /// Check that bytes are a well-formed minisign signature (before writing them).
 pub fn check_signature_format(signature: &[u8]) -> Result<(), SignatureError> {
-    let text = std::str::from_utf8(signature).map_err(|_| SignatureError::Malformed("not UTF-8 text".into()))?;
-    Signature::decode(text).map(|_| ()).map_err(|e| SignatureError::Malformed(e.to_string()))
+    let text = std::str::from_utf8(signature)
+        .map_err(|_| SignatureError::Malformed("not UTF-8 text".into()))?;
+    Signature::decode(text)
+        .map(|_| ())
+        .map_err(|e| SignatureError::Malformed(e.to_string()))
 }
 
 /// The trusted comment of a signature, if it parses.
 pub fn trusted_comment(signature: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(signature).ok()?;
-    Signature::decode(text).ok().map(|s| s.trusted_comment().to_string())
+    Signature::decode(text)
+        .ok()
+        .map(|s| s.trusted_comment().to_string())
 }

@@ -53,24 +53,51 @@ fn main() -> Result<()> {
     let out = Command::new("python3")
         .arg(&script)
         .arg(oracle_path())
-        .args(["--threads", "1", "--warmup", "50", "--runs", &runs.to_string()])
+        .args([
+            "--threads",
+            "1",
+            "--warmup",
+            "50",
+            "--runs",
+            &runs.to_string(),
+        ])
         .output()
         .context("running python3 bench_ort.py")?;
     let ort_ms = if out.status.success() {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         v["median_ms"].as_f64()
     } else {
-        eprintln!("onnxruntime benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "onnxruntime benchmark failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         None
     };
 
-    println!("fixture oracle {} ({} blocks), batch 1, 1 thread, median of {runs} runs", oracle.origin, oracle.layout.num_blocks());
+    println!(
+        "fixture oracle {} ({} blocks), batch 1, 1 thread, median of {runs} runs",
+        oracle.origin,
+        oracle.layout.num_blocks()
+    );
     println!("{:<34} {:>10} {:>14}", "what", "median ms", "ratio");
-    println!("{:<34} {:>10.4} {:>14}", "tract whole model", mw, "1.000 (ref)");
-    println!("{:<34} {:>10.4} {:>14.3}", format!("tract chained plans ({} plans)", chained.plans.len()), mc, mc / mw);
+    println!(
+        "{:<34} {:>10.4} {:>14}",
+        "tract whole model", mw, "1.000 (ref)"
+    );
+    println!(
+        "{:<34} {:>10.4} {:>14.3}",
+        format!("tract chained plans ({} plans)", chained.plans.len()),
+        mc,
+        mc / mw
+    );
     match ort_ms {
         Some(o) => {
-            println!("{:<34} {:>10.4} {:>14.3}", "onnxruntime whole model", o, o / mw);
+            println!(
+                "{:<34} {:>10.4} {:>14.3}",
+                "onnxruntime whole model",
+                o,
+                o / mw
+            );
             println!("tract / onnxruntime: {:.3}", mw / o);
         }
         None => println!("onnxruntime: not measured (see error above)"),

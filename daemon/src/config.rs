@@ -1,0 +1,466 @@
+//! The daemon's configuration: one YAML file (`--config`, default
+//! `/etc/adaptivenet/config.yaml`). Every key has a default, so an absent file
+//! means "all defaults". Unknown keys and bad values are errors that name the
+//! key and its line. `adaptived check-config` prints the effective config.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Where the config is read from when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/adaptivenet/config.yaml";
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The watched drop directory for new bundles.
+    pub bundle_dir: PathBuf,
+    /// Where the active bundle and search results are kept across restarts.
+    pub state_dir: PathBuf,
+    /// `HOST:PORT` or `unix:/path/to/socket`.
+    pub listen: Listen,
+    /// The device class; a bundle whose `compatible` differs is rejected.
+    pub compatible: String,
+    pub latency_budget: LatencyBudget,
+    /// Local labelled (or unlabelled) data for measuring subnet accuracy.
+    pub validation_data: Option<ValidationData>,
+    /// Minisign public key files; a bundle must be signed by one of them.
+    pub trusted_keys: Vec<PathBuf>,
+    /// Accept bundles without `manifest.sig` (development only).
+    pub allow_unsigned: bool,
+    /// Inference worker threads (each runs one request at a time).
+    pub worker_threads: usize,
+    /// Requests that may wait for a worker; past this the answer is 503.
+    pub queue_depth: usize,
+    /// Largest batch accepted in one infer request.
+    pub max_batch: usize,
+    pub policy: Policy,
+    /// Memory budget for resident branch plans, in MiB.
+    pub memory_budget_mb: u64,
+    /// Serve exactly this bundle version (allows a downgrade to it).
+    pub pin_version: Option<u64>,
+    pub watch: Watch,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bundle_dir: PathBuf::from("/var/lib/adaptivenet/bundles"),
+            state_dir: PathBuf::from("/var/lib/adaptivenet/state"),
+            listen: Listen::default(),
+            compatible: "generic-cpu".into(),
+            latency_budget: LatencyBudget::default(),
+            validation_data: None,
+            trusted_keys: Vec::new(),
+            allow_unsigned: false,
+            worker_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            queue_depth: 64,
+            max_batch: 64,
+            policy: Policy::default(),
+            memory_budget_mb: 256,
+            pin_version: None,
+            watch: Watch::default(),
+        }
+    }
+}
+
+/// The listen address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Tcp(a) => write!(f, "{a}"),
+            Listen::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("`unix:` needs a socket path, for example `unix:/run/adaptived.sock`".into());
+            }
+            return Ok(Listen::Unix(PathBuf::from(path)));
+        }
+        s.parse::<SocketAddr>().map(Listen::Tcp).map_err(|_| {
+            format!("`{s}` is not an address; expected HOST:PORT (`127.0.0.1:8080`) or `unix:/path/to/socket`")
+        })
+    }
+}
+
+impl Serialize for Listen {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The latency budget: an absolute `ms`, or a `fraction` of the oracle's
+/// latency on this device, at a `percentile` of request latencies.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LatencyBudget {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<f64>,
+    pub percentile: f64,
+}
+
+impl Default for LatencyBudget {
+    fn default() -> Self {
+        LatencyBudget { ms: None, fraction: None, percentile: 95.0 }
+    }
+}
+
+/// The budget in one of its two forms.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Budget {
+    Ms(f64),
+    Fraction(f64),
+}
+
+impl LatencyBudget {
+    /// The budget; neither key given means the oracle's own latency.
+    pub fn budget(&self) -> Budget {
+        match (self.ms, self.fraction) {
+            (Some(ms), _) => Budget::Ms(ms),
+            (None, Some(f)) => Budget::Fraction(f),
+            (None, None) => Budget::Fraction(1.0),
+        }
+    }
+    /// The budget in milliseconds, given the oracle's latency.
+    pub fn budget_ms(&self, oracle_ms: f64) -> f64 {
+        match self.budget() {
+            Budget::Ms(ms) => ms,
+            Budget::Fraction(f) => f * oracle_ms,
+        }
+    }
+}
+
+/// Local data for accuracy: IDX images (plain or `.gz`) with the bundle's
+/// preprocessing applied, or a preprocessed float32 `.npy`; labels optional
+/// (without them accuracy is agreement with the oracle path).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationData {
+    pub images: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<PathBuf>,
+    /// Use at most this many items.
+    #[serde(default = "default_validation_limit")]
+    pub limit: usize,
+}
+
+fn default_validation_limit() -> usize {
+    500
+}
+
+impl ValidationData {
+    /// Is `images` an NPY file (else IDX)?
+    pub fn is_npy(&self) -> bool {
+        self.images.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy"))
+    }
+}
+
+/// Adaptation policy (used by the adaptation loop).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// Relative margin a measurement must cross before switching (0.1 = 10%).
+    pub hysteresis: f64,
+    /// Minimum seconds between two switches.
+    pub cooldown_s: f64,
+    /// Seconds between two checks of the measured latency.
+    pub check_interval_s: f64,
+    /// Seconds of sustained slack before switching up the front.
+    pub upgrade_after_s: f64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy { hysteresis: 0.1, cooldown_s: 30.0, check_interval_s: 5.0, upgrade_after_s: 60.0 }
+    }
+}
+
+/// How the bundle directory is watched.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Watch {
+    /// Use filesystem events (inotify); the directory is polled in any case.
+    pub events: bool,
+    /// Seconds between two scans of the directory.
+    pub poll_interval_s: f64,
+    /// A file written in place (no rename, no close event seen) counts as
+    /// complete once its size and mtime have not changed for this long.
+    pub settle_s: f64,
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Watch { events: true, poll_interval_s: 1.0, settle_s: 5.0 }
+    }
+}
+
+/// A config that cannot be used; the message names the file, line and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read the config: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{}: {}`{key}`: {message}", path.display(), line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+    Invalid { path: PathBuf, key: String, line: Option<usize>, message: String },
+}
+
+/// The config file and its text (kept to find the line of a key).
+pub struct Loaded {
+    pub config: Config,
+    pub path: PathBuf,
+    /// `None` when the file did not exist (defaults).
+    pub text: Option<String>,
+}
+
+impl Config {
+    /// Read `path`; a missing file is the default config when `allow_missing`.
+    pub fn load(path: &Path, allow_missing: bool) -> Result<Loaded, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && allow_missing => None,
+            Err(e) => return Err(ConfigError::Read { path: path.to_path_buf(), source: e }),
+        };
+        let config = match &text {
+            Some(t) => Config::from_yaml(t, path)?,
+            None => Config::default(),
+        };
+        Ok(Loaded { config, path: path.to_path_buf(), text })
+    }
+
+    /// Parse and validate YAML text (`path` names it in errors).
+    pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        // An empty file (or only comments) is the default config.
+        let config: Config = if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+            Config::default()
+        } else {
+            yaml_serde::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: yaml_error(&e) })?
+        };
+        config.validate().map_err(|(key, message)| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: line_of_key(text, &key),
+            key,
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Check values the types do not; the error is (key path, message).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, m: String| Err((k.to_string(), m));
+        if self.bundle_dir.as_os_str().is_empty() {
+            return bad("bundle_dir", "must not be empty".into());
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            return bad("state_dir", "must not be empty".into());
+        }
+        if self.bundle_dir == self.state_dir {
+            return bad("state_dir", "must differ from bundle_dir".into());
+        }
+        if self.compatible.trim().is_empty() {
+            return bad("compatible", "must name a device class (for example `generic-cpu`)".into());
+        }
+        let b = &self.latency_budget;
+        if b.ms.is_some() && b.fraction.is_some() {
+            return bad("latency_budget.fraction", "give either `ms` or `fraction`, not both".into());
+        }
+        if let Some(ms) = b.ms {
+            if !(ms.is_finite() && ms > 0.0) {
+                return bad("latency_budget.ms", format!("{ms} must be a positive number of milliseconds"));
+            }
+        }
+        if let Some(f) = b.fraction {
+            if !(f.is_finite() && f > 0.0 && f <= 1.0) {
+                return bad("latency_budget.fraction", format!("{f} must be in (0, 1] (a fraction of the oracle's latency)"));
+            }
+        }
+        if !(b.percentile > 0.0 && b.percentile <= 100.0) {
+            return bad("latency_budget.percentile", format!("{} must be in (0, 100]", b.percentile));
+        }
+        if let Some(v) = &self.validation_data {
+            if v.images.as_os_str().is_empty() {
+                return bad("validation_data.images", "must not be empty".into());
+            }
+            if v.limit == 0 {
+                return bad("validation_data.limit", "must be at least 1".into());
+            }
+        }
+        for (i, k) in self.trusted_keys.iter().enumerate() {
+            if k.as_os_str().is_empty() {
+                return bad("trusted_keys", format!("entry {i} is empty"));
+            }
+        }
+        if self.worker_threads == 0 || self.worker_threads > 256 {
+            return bad("worker_threads", format!("{} must be between 1 and 256", self.worker_threads));
+        }
+        if self.queue_depth > 100_000 {
+            return bad("queue_depth", format!("{} is too large (at most 100000)", self.queue_depth));
+        }
+        if self.max_batch == 0 || self.max_batch > 4096 {
+            return bad("max_batch", format!("{} must be between 1 and 4096", self.max_batch));
+        }
+        let p = &self.policy;
+        if !(p.hysteresis.is_finite() && (0.0..1.0).contains(&p.hysteresis)) {
+            return bad("policy.hysteresis", format!("{} must be in [0, 1)", p.hysteresis));
+        }
+        for (k, v) in [
+            ("policy.cooldown_s", p.cooldown_s),
+            ("policy.upgrade_after_s", p.upgrade_after_s),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(k, format!("{v} must be a non-negative number of seconds"));
+            }
+        }
+        if !(p.check_interval_s.is_finite() && p.check_interval_s > 0.0) {
+            return bad("policy.check_interval_s", format!("{} must be a positive number of seconds", p.check_interval_s));
+        }
+        if self.memory_budget_mb == 0 {
+            return bad("memory_budget_mb", "must be at least 1".into());
+        }
+        let w = &self.watch;
+        if !(w.poll_interval_s.is_finite() && w.poll_interval_s >= 0.05 && w.poll_interval_s <= 3600.0) {
+            return bad("watch.poll_interval_s", format!("{} must be between 0.05 and 3600", w.poll_interval_s));
+        }
+        if !(w.settle_s.is_finite() && w.settle_s >= 0.1 && w.settle_s <= 3600.0) {
+            return bad("watch.settle_s", format!("{} must be between 0.1 and 3600", w.settle_s));
+        }
+        Ok(())
+    }
+
+    /// The config as YAML, with the budget's implicit default spelled out.
+    pub fn to_yaml(&self) -> String {
+        let mut c = self.clone();
+        if c.latency_budget.ms.is_none() && c.latency_budget.fraction.is_none() {
+            c.latency_budget.fraction = Some(1.0);
+        }
+        yaml_serde::to_string(&c).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
+    }
+}
+
+/// A YAML error on one line with its location.
+fn yaml_error(e: &yaml_serde::Error) -> String {
+    let msg = e.to_string().replace('\n', " ");
+    match e.location() {
+        Some(loc) if !msg.contains("line") => format!("line {}: {msg}", loc.line()),
+        _ => msg,
+    }
+}
+
+/// The 1-based line where the key path `a.b.c` is written in `text`: each
+/// component is searched after its parent's line, at a deeper indent.
+pub fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut start = 0;
+    let mut min_indent = 0;
+    let mut found = None;
+    for part in key.split('.') {
+        let mut hit = None;
+        for (i, line) in lines.iter().enumerate().skip(start) {
+            let indent = line.len() - line.trim_start().len();
+            let body = line.trim_start().trim_start_matches("- ");
+            if found.is_some() && indent < min_indent && !line.trim().is_empty() && i > start {
+                break;
+            }
+            if indent >= min_indent && (body.starts_with(&format!("{part}:")) || body.starts_with(&format!("\"{part}\":"))) {
+                hit = Some((i, indent));
+                break;
+            }
+        }
+        let (i, indent) = hit?;
+        found = Some(i + 1);
+        start = i + 1;
+        min_indent = indent + 1;
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(text, Path::new("test.yaml"))
+    }
+
+    #[test]
+    fn empty_text_is_the_default() {
+        assert_eq!(parse("").unwrap(), Config::default());
+        assert_eq!(parse("# nothing\n").unwrap(), Config::default());
+        assert_eq!(Config::default().listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn a_full_config_parses_and_round_trips() {
+        let text = "bundle_dir: /b\nstate_dir: /s\nlisten: unix:/run/a.sock\nlatency_budget:\n  ms: 4.5\n  percentile: 99\n\
+                    validation_data:\n  images: /d/x.gz\n  labels: /d/y.gz\ntrusted_keys: [/k.pub]\nworker_threads: 2\n\
+                    queue_depth: 3\npolicy:\n  hysteresis: 0.2\n  cooldown_s: 10\nmemory_budget_mb: 64\npin_version: 4\n";
+        let c = parse(text).unwrap();
+        assert_eq!(c.listen, Listen::Unix("/run/a.sock".into()));
+        assert_eq!(c.latency_budget.budget(), Budget::Ms(4.5));
+        assert_eq!(c.pin_version, Some(4));
+        assert_eq!(c.policy.cooldown_s, 10.0);
+        let back = parse(&c.to_yaml()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_line() {
+        let e = parse("bundle_dir: /b\ncolour: red\n").unwrap_err().to_string();
+        assert!(e.contains("colour") && e.contains("line 2"), "{e}");
+        let e = parse("policy:\n  hysteresis: 0.1\n  flavour: 3\n").unwrap_err().to_string();
+        assert!(e.contains("flavour") && e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_line() {
+        let e = parse("state_dir: /s\nlatency_budget:\n  percentile: 150\n").unwrap_err().to_string();
+        assert!(e.contains("latency_budget.percentile") && e.contains("line 3"), "{e}");
+        let e = parse("listen: nowhere\n").unwrap_err().to_string();
+        assert!(e.contains("listen") && e.contains("line 1"), "{e}");
+        let e = parse("queue_depth: -1\n").unwrap_err().to_string();
+        assert!(e.contains("line 1"), "{e}");
+        let e = parse("worker_threads: 0\n").unwrap_err().to_string();
+        assert!(e.contains("`worker_threads`") && e.contains("line 1"), "{e}");
+        let e = parse("latency_budget: {ms: 3, fraction: 0.5}\n").unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn line_of_nested_keys() {
+        let t = "a: 1\npolicy:\n  x: 1\nother:\n  cooldown_s: 2\npolicy2: 3\n";
+        assert_eq!(line_of_key(t, "other.cooldown_s"), Some(5));
+        assert_eq!(line_of_key(t, "policy.x"), Some(3));
+        assert_eq!(line_of_key(t, "policy.cooldown_s"), None);
+    }
+}

@@ -1,0 +1,220 @@
+//! The inference engine: a subnet of a bundle's supernet materialised into one
+//! standalone ONNX model and compiled into tract plans (one per batch size,
+//! compiled on first use and cached), plus the bundle's input handling
+//! (shape checks, UINT8 preprocessing). [`subnet_path`] turns a subnet id into
+//! the spans `materialise` expects; the search reuses it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use adaptivenet_onnx::bundle::{Bundle, Manifest, SubnetId};
+use adaptivenet_onnx::extract::materialise;
+use adaptivenet_onnx::tract_onnx::pb::ModelProto;
+use adaptivenet_onnx::tract_onnx::prelude::Tensor;
+use adaptivenet_onnx::{GraphIndex, Plan, Span};
+
+/// Why a subnet cannot be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Subnet(String),
+    #[error("{0}")]
+    Model(#[from] adaptivenet_onnx::Error),
+    #[error("{0}")]
+    Input(String),
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+/// Plans kept per engine (distinct batch sizes); the least recently used
+/// beyond this is dropped.
+const MAX_CACHED_PLANS: usize = 8;
+
+/// The spans of `subnet` through the supernet: the stem (input -> c_0), each
+/// branch (its `from` cut tensor -> the tensor it writes), and the head
+/// (c_N -> output). `materialise` rewires each span's input to the previous
+/// span's output.
+pub fn subnet_path(manifest: &Manifest, subnet: &SubnetId) -> Result<Vec<Span>> {
+    manifest.validate_subnet(subnet).map_err(|e| EngineError::Subnet(e.to_string()))?;
+    let cut = |i: usize| -> Result<&str> {
+        manifest
+            .cuts
+            .get(i)
+            .map(|c| c.tensor.as_str())
+            .ok_or_else(|| EngineError::Subnet(format!("subnet `{subnet}`: the manifest has no cut c_{i}")))
+    };
+    let mut path = vec![Span::new(manifest.input.name.clone(), cut(0)?)];
+    for id in subnet.branches() {
+        let b = manifest
+            .branch(id)
+            .ok_or_else(|| EngineError::Subnet(format!("subnet `{subnet}`: branch `{id}` is not in the bundle")))?;
+        path.push(Span::new(cut(b.from)?, b.tensor.clone()));
+    }
+    path.push(Span::new(cut(manifest.num_blocks())?, manifest.output.name.clone()));
+    Ok(path)
+}
+
+/// Materialise `subnet` of the bundle's supernet as one standalone model.
+pub fn materialise_subnet(bundle: &Bundle, subnet: &SubnetId) -> Result<ModelProto> {
+    let path = subnet_path(&bundle.manifest, subnet)?;
+    let index = GraphIndex::of_model(&bundle.model)?;
+    Ok(materialise(&bundle.model, &index, &path)?)
+}
+
+/// One subnet, ready to run at any batch size.
+#[derive(Debug)]
+pub struct Engine {
+    pub subnet: SubnetId,
+    /// Shape of one input item (the manifest's input shape without the batch).
+    pub item_shape: Vec<usize>,
+    /// Number of output classes (logits per item).
+    pub classes: usize,
+    /// Per-channel `(x / 255 - mean) / std` for UINT8 input.
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    model: ModelProto,
+    plans: Mutex<PlanCache>,
+}
+
+#[derive(Debug, Default)]
+struct PlanCache {
+    plans: HashMap<usize, (Arc<Plan>, u64)>,
+    tick: u64,
+}
+
+impl Engine {
+    /// Materialise and compile `subnet` (batch 1 at once; it is run on zeros
+    /// to learn the number of classes and to fail early on a bad model).
+    pub fn build(bundle: &Bundle, subnet: &SubnetId) -> Result<Engine> {
+        let m = &bundle.manifest;
+        let dtype = m.input.dtype.to_ascii_lowercase();
+        if !matches!(dtype.as_str(), "float" | "f32" | "float32") {
+            return Err(EngineError::Subnet(format!(
+                "input.dtype `{}`: the daemon serves float32 models only",
+                m.input.dtype
+            )));
+        }
+        let item_shape = m
+            .input
+            .shape
+            .iter()
+            .skip(1)
+            .map(|d| d.fixed())
+            .collect::<Option<Vec<usize>>>()
+            .ok_or_else(|| EngineError::Subnet("input.shape: every dim after the batch must be fixed".into()))?;
+        let model = materialise_subnet(bundle, subnet)?;
+        let engine = Engine {
+            subnet: subnet.clone(),
+            item_shape,
+            classes: 0,
+            mean: m.input.preprocess.mean.clone(),
+            std: m.input.preprocess.std.clone(),
+            model,
+            plans: Mutex::new(PlanCache::default()),
+        };
+        let zeros = engine.zeros(1)?;
+        let out = engine.run(zeros)?;
+        let shape = out.shape().to_vec();
+        if shape.len() != 2 || shape[0] != 1 {
+            return Err(EngineError::Subnet(format!(
+                "output `{}` has shape {shape:?} at batch 1; expected [1, classes]",
+                m.output.name
+            )));
+        }
+        Ok(Engine { classes: shape[1], ..engine })
+    }
+
+    /// The materialised subnet (a standalone ONNX model).
+    pub fn model(&self) -> &ModelProto {
+        &self.model
+    }
+
+    /// Elements per input item.
+    pub fn item_len(&self) -> usize {
+        self.item_shape.iter().product()
+    }
+
+    /// A zero input of `batch` items.
+    pub fn zeros(&self, batch: usize) -> Result<Tensor> {
+        self.tensor(batch, vec![0.0; batch * self.item_len()])
+    }
+
+    /// A float32 input tensor [batch, item_shape...] from row-major data.
+    pub fn tensor(&self, batch: usize, data: Vec<f32>) -> Result<Tensor> {
+        let mut shape = vec![batch];
+        shape.extend(&self.item_shape);
+        if data.len() != shape.iter().product::<usize>() {
+            return Err(EngineError::Input(format!("{} values for shape {shape:?}", data.len())));
+        }
+        Tensor::from_shape(&shape, &data).map_err(|e| EngineError::Input(format!("{e}")))
+    }
+
+    /// Apply the bundle's preprocessing to raw UINT8 pixels (row-major, the
+    /// channel is the first axis of an item).
+    pub fn preprocess_u8(&self, raw: &[u8]) -> Vec<f32> {
+        let plane: usize = self.item_shape.iter().skip(1).product::<usize>().max(1);
+        let item = self.item_len().max(1);
+        raw.iter()
+            .enumerate()
+            .map(|(i, &px)| {
+                let c = (i % item) / plane;
+                let m = self.mean.get(c).or(self.mean.first()).copied().unwrap_or(0.0);
+                let s = self.std.get(c).or(self.std.first()).copied().unwrap_or(1.0);
+                (px as f32 / 255.0 - m) / s
+            })
+            .collect()
+    }
+
+    /// The plan for `batch`, compiled on first use.
+    pub fn plan(&self, batch: usize) -> Result<Arc<Plan>> {
+        {
+            let mut cache = self.plans.lock().unwrap_or_else(|p| p.into_inner());
+            cache.tick += 1;
+            let tick = cache.tick;
+            if let Some((plan, used)) = cache.plans.get_mut(&batch) {
+                *used = tick;
+                return Ok(plan.clone());
+            }
+        }
+        // Compile outside the lock: other batch sizes keep running meanwhile.
+        let plan = Arc::new(Plan::whole_model(&self.model, batch)?);
+        let mut cache = self.plans.lock().unwrap_or_else(|p| p.into_inner());
+        cache.tick += 1;
+        let tick = cache.tick;
+        if cache.plans.len() >= MAX_CACHED_PLANS && !cache.plans.contains_key(&batch) {
+            if let Some(oldest) = cache.plans.iter().filter(|(b, _)| **b != 1).min_by_key(|(_, (_, t))| *t).map(|(b, _)| *b)
+            {
+                cache.plans.remove(&oldest);
+            }
+        }
+        cache.plans.insert(batch, (plan.clone(), tick));
+        Ok(plan)
+    }
+
+    /// Run on a float32 input [batch, item_shape...]; returns the logits [batch, classes].
+    pub fn run(&self, input: Tensor) -> Result<Tensor> {
+        let batch = *input.shape().first().ok_or_else(|| EngineError::Input("a scalar input".into()))?;
+        if batch == 0 {
+            return Err(EngineError::Input("an empty batch".into()));
+        }
+        Ok(self.plan(batch)?.run(input)?)
+    }
+
+    /// Median wall time of a batch-1 run on zeros, in ms, after `warmup` runs.
+    pub fn time_batch1(&self, warmup: usize, runs: usize) -> Result<f64> {
+        let plan = self.plan(1)?;
+        let input = self.zeros(1)?;
+        for _ in 0..warmup {
+            plan.run(input.clone())?;
+        }
+        let mut times = Vec::with_capacity(runs.max(1));
+        for _ in 0..runs.max(1) {
+            let t = Instant::now();
+            plan.run(input.clone())?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        Ok(times[times.len() / 2])
+    }
+}

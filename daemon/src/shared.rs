@@ -1,0 +1,141 @@
+//! What the server, the watcher and the search share: the active model behind
+//! an [`ArcSwapOption`] (a swap is one atomic pointer store; a request holds
+//! its own `Arc` and finishes on the model it started with), the metrics,
+//! and the recent history shown by `/adaptation` (rejected bundles, swaps).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use adaptivenet_onnx::bundle::Bundle;
+use arc_swap::ArcSwapOption;
+use serde::Serialize;
+
+use crate::engine::Engine;
+use crate::search_api::SearchResult;
+use crate::server::metrics::Metrics;
+use crate::state::{rfc3339, unix_now};
+
+/// How many rejected bundles and swaps `/adaptation` keeps.
+pub const HISTORY: usize = 50;
+
+/// The model being served: a bundle and one of its subnets, compiled.
+#[derive(Debug)]
+pub struct Active {
+    pub bundle: Arc<Bundle>,
+    pub engine: Engine,
+    /// The search result, when the search has run (or was restored).
+    pub result: Option<SearchResult>,
+    /// Unix time it started serving.
+    pub since: u64,
+}
+
+impl Active {
+    pub fn name(&self) -> &str {
+        &self.bundle.manifest.model.name
+    }
+    pub fn version(&self) -> u64 {
+        self.bundle.manifest.model.version
+    }
+    /// The predicted latency of the served subnet, if the search gave one.
+    pub fn predicted_ms(&self) -> Option<f64> {
+        let r = self.result.as_ref()?;
+        r.front.iter().find(|p| p.subnet == self.engine.subnet).map(|p| p.predicted_ms)
+    }
+    /// `name vVERSION [subnet]`, for logs and swap records.
+    pub fn label(&self) -> String {
+        format!("{} v{} [{}]", self.name(), self.version(), self.engine.subnet)
+    }
+}
+
+/// A bundle that was refused.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rejected {
+    pub file: String,
+    pub reason: String,
+    pub time: String,
+}
+
+/// A change of the served model.
+#[derive(Clone, Debug, Serialize)]
+pub struct Swap {
+    pub time: String,
+    pub from: Option<String>,
+    pub to: String,
+    pub reason: String,
+}
+
+/// What the search is doing.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SearchStatus {
+    /// `idle`, `running` or `failed`.
+    pub state: String,
+    /// The bundle being (or last) searched.
+    pub bundle_sha256: Option<String>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct History {
+    pub rejected: VecDeque<Rejected>,
+    pub swaps: VecDeque<Swap>,
+    pub search: SearchStatus,
+}
+
+/// Shared daemon state.
+pub struct Shared {
+    pub active: ArcSwapOption<Active>,
+    pub metrics: Metrics,
+    pub history: Mutex<History>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            active: ArcSwapOption::empty(),
+            metrics: Metrics::default(),
+            history: Mutex::new(History { search: SearchStatus { state: "idle".into(), ..Default::default() }, ..Default::default() }),
+        }
+    }
+}
+
+impl Shared {
+    pub fn history(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The model serving now.
+    pub fn current(&self) -> Option<Arc<Active>> {
+        self.active.load_full()
+    }
+
+    /// Serve `next` from now on; requests in flight finish on the old model.
+    pub fn promote(&self, next: Active, reason: &str) {
+        let to = next.label();
+        let old = self.active.swap(Some(Arc::new(next)));
+        let from = old.as_ref().map(|a| a.label());
+        log::info!("serving {to} (was {}): {reason}", from.as_deref().unwrap_or("nothing"));
+        self.metrics.swaps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.clear_recent();
+        let mut h = self.history();
+        h.swaps.push_back(Swap { time: rfc3339(unix_now()), from, to, reason: reason.to_string() });
+        while h.swaps.len() > HISTORY {
+            h.swaps.pop_front();
+        }
+    }
+
+    /// Record a rejected bundle.
+    pub fn reject(&self, file: &str, reason: &str) {
+        log::warn!("rejected bundle {file}: {reason}");
+        self.metrics.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut h = self.history();
+        h.rejected.push_back(Rejected { file: file.to_string(), reason: reason.to_string(), time: rfc3339(unix_now()) });
+        while h.rejected.len() > HISTORY {
+            h.rejected.pop_front();
+        }
+    }
+
+    pub fn set_search(&self, state: &str, sha: Option<&str>, message: Option<String>) {
+        self.history().search =
+            SearchStatus { state: state.to_string(), bundle_sha256: sha.map(str::to_string), message };
+    }
+}
