@@ -57,7 +57,9 @@ impl Default for Config {
             validation_data: None,
             trusted_keys: Vec::new(),
             allow_unsigned: false,
-            worker_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            worker_threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             queue_depth: 64,
             max_batch: 64,
             policy: Policy::default(),
@@ -95,7 +97,9 @@ impl FromStr for Listen {
     fn from_str(s: &str) -> Result<Self, String> {
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
-                return Err("`unix:` needs a socket path, for example `unix:/run/adaptived.sock`".into());
+                return Err(
+                    "`unix:` needs a socket path, for example `unix:/run/adaptived.sock`".into(),
+                );
             }
             return Ok(Listen::Unix(PathBuf::from(path)));
         }
@@ -132,7 +136,11 @@ pub struct LatencyBudget {
 
 impl Default for LatencyBudget {
     fn default() -> Self {
-        LatencyBudget { ms: None, fraction: None, percentile: 95.0 }
+        LatencyBudget {
+            ms: None,
+            fraction: None,
+            percentile: 95.0,
+        }
     }
 }
 
@@ -182,7 +190,9 @@ fn default_validation_limit() -> usize {
 impl ValidationData {
     /// Is `images` an NPY file (else IDX)?
     pub fn is_npy(&self) -> bool {
-        self.images.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy"))
+        self.images
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
     }
 }
 
@@ -202,7 +212,12 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { hysteresis: 0.1, cooldown_s: 30.0, check_interval_s: 5.0, upgrade_after_s: 60.0 }
+        Policy {
+            hysteresis: 0.1,
+            cooldown_s: 30.0,
+            check_interval_s: 5.0,
+            upgrade_after_s: 60.0,
+        }
     }
 }
 
@@ -221,7 +236,11 @@ pub struct Watch {
 
 impl Default for Watch {
     fn default() -> Self {
-        Watch { events: true, poll_interval_s: 1.0, settle_s: 5.0 }
+        Watch {
+            events: true,
+            poll_interval_s: 1.0,
+            settle_s: 5.0,
+        }
     }
 }
 
@@ -229,11 +248,19 @@ impl Default for Watch {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{}: cannot read the config: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: {message}", path.display())]
     Parse { path: PathBuf, message: String },
     #[error("{}: {}`{key}`: {message}", path.display(), line.map(|l| format!("line {l}: ")).unwrap_or_default())]
-    Invalid { path: PathBuf, key: String, line: Option<usize>, message: String },
+    Invalid {
+        path: PathBuf,
+        key: String,
+        line: Option<usize>,
+        message: String,
+    },
 }
 
 /// The config file and its text (kept to find the line of a key).
@@ -250,29 +277,46 @@ impl Config {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => Some(t),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && allow_missing => None,
-            Err(e) => return Err(ConfigError::Read { path: path.to_path_buf(), source: e }),
+            Err(e) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source: e,
+                })
+            }
         };
         let config = match &text {
             Some(t) => Config::from_yaml(t, path)?,
             None => Config::default(),
         };
-        Ok(Loaded { config, path: path.to_path_buf(), text })
+        Ok(Loaded {
+            config,
+            path: path.to_path_buf(),
+            text,
+        })
     }
 
     /// Parse and validate YAML text (`path` names it in errors).
     pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
         // An empty file (or only comments) is the default config.
-        let config: Config = if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+        let config: Config = if text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
             Config::default()
         } else {
-            yaml_serde::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: yaml_error(&e) })?
+            yaml_serde::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: yaml_error(&e),
+            })?
         };
-        config.validate().map_err(|(key, message)| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            line: line_of_key(text, &key),
-            key,
-            message,
-        })?;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: line_of_key(text, &key),
+                key,
+                message,
+            })?;
         Ok(config)
     }
 
@@ -289,24 +333,39 @@ impl Config {
             return bad("state_dir", "must differ from bundle_dir".into());
         }
         if self.compatible.trim().is_empty() {
-            return bad("compatible", "must name a device class (for example `generic-cpu`)".into());
+            return bad(
+                "compatible",
+                "must name a device class (for example `generic-cpu`)".into(),
+            );
         }
         let b = &self.latency_budget;
         if b.ms.is_some() && b.fraction.is_some() {
-            return bad("latency_budget.fraction", "give either `ms` or `fraction`, not both".into());
+            return bad(
+                "latency_budget.fraction",
+                "give either `ms` or `fraction`, not both".into(),
+            );
         }
         if let Some(ms) = b.ms {
             if !(ms.is_finite() && ms > 0.0) {
-                return bad("latency_budget.ms", format!("{ms} must be a positive number of milliseconds"));
+                return bad(
+                    "latency_budget.ms",
+                    format!("{ms} must be a positive number of milliseconds"),
+                );
             }
         }
         if let Some(f) = b.fraction {
             if !(f.is_finite() && f > 0.0 && f <= 1.0) {
-                return bad("latency_budget.fraction", format!("{f} must be in (0, 1] (a fraction of the oracle's latency)"));
+                return bad(
+                    "latency_budget.fraction",
+                    format!("{f} must be in (0, 1] (a fraction of the oracle's latency)"),
+                );
             }
         }
         if !(b.percentile > 0.0 && b.percentile <= 100.0) {
-            return bad("latency_budget.percentile", format!("{} must be in (0, 100]", b.percentile));
+            return bad(
+                "latency_budget.percentile",
+                format!("{} must be in (0, 100]", b.percentile),
+            );
         }
         if let Some(v) = &self.validation_data {
             if v.images.as_os_str().is_empty() {
@@ -322,17 +381,29 @@ impl Config {
             }
         }
         if self.worker_threads == 0 || self.worker_threads > 256 {
-            return bad("worker_threads", format!("{} must be between 1 and 256", self.worker_threads));
+            return bad(
+                "worker_threads",
+                format!("{} must be between 1 and 256", self.worker_threads),
+            );
         }
         if self.queue_depth > 100_000 {
-            return bad("queue_depth", format!("{} is too large (at most 100000)", self.queue_depth));
+            return bad(
+                "queue_depth",
+                format!("{} is too large (at most 100000)", self.queue_depth),
+            );
         }
         if self.max_batch == 0 || self.max_batch > 4096 {
-            return bad("max_batch", format!("{} must be between 1 and 4096", self.max_batch));
+            return bad(
+                "max_batch",
+                format!("{} must be between 1 and 4096", self.max_batch),
+            );
         }
         let p = &self.policy;
         if !(p.hysteresis.is_finite() && (0.0..1.0).contains(&p.hysteresis)) {
-            return bad("policy.hysteresis", format!("{} must be in [0, 1)", p.hysteresis));
+            return bad(
+                "policy.hysteresis",
+                format!("{} must be in [0, 1)", p.hysteresis),
+            );
         }
         for (k, v) in [
             ("policy.cooldown_s", p.cooldown_s),
@@ -343,17 +414,32 @@ impl Config {
             }
         }
         if !(p.check_interval_s.is_finite() && p.check_interval_s > 0.0) {
-            return bad("policy.check_interval_s", format!("{} must be a positive number of seconds", p.check_interval_s));
+            return bad(
+                "policy.check_interval_s",
+                format!(
+                    "{} must be a positive number of seconds",
+                    p.check_interval_s
+                ),
+            );
         }
         if self.memory_budget_mb == 0 {
             return bad("memory_budget_mb", "must be at least 1".into());
         }
         let w = &self.watch;
-        if !(w.poll_interval_s.is_finite() && w.poll_interval_s >= 0.05 && w.poll_interval_s <= 3600.0) {
-            return bad("watch.poll_interval_s", format!("{} must be between 0.05 and 3600", w.poll_interval_s));
+        if !(w.poll_interval_s.is_finite()
+            && w.poll_interval_s >= 0.05
+            && w.poll_interval_s <= 3600.0)
+        {
+            return bad(
+                "watch.poll_interval_s",
+                format!("{} must be between 0.05 and 3600", w.poll_interval_s),
+            );
         }
         if !(w.settle_s.is_finite() && w.settle_s >= 0.1 && w.settle_s <= 3600.0) {
-            return bad("watch.settle_s", format!("{} must be between 0.1 and 3600", w.settle_s));
+            return bad(
+                "watch.settle_s",
+                format!("{} must be between 0.1 and 3600", w.settle_s),
+            );
         }
         Ok(())
     }
@@ -392,7 +478,10 @@ pub fn line_of_key(text: &str, key: &str) -> Option<usize> {
             if found.is_some() && indent < min_indent && !line.trim().is_empty() && i > start {
                 break;
             }
-            if indent >= min_indent && (body.starts_with(&format!("{part}:")) || body.starts_with(&format!("\"{part}\":"))) {
+            if indent >= min_indent
+                && (body.starts_with(&format!("{part}:"))
+                    || body.starts_with(&format!("\"{part}\":")))
+            {
                 hit = Some((i, indent));
                 break;
             }
@@ -436,23 +525,37 @@ mod tests {
 
     #[test]
     fn unknown_keys_name_the_key_and_line() {
-        let e = parse("bundle_dir: /b\ncolour: red\n").unwrap_err().to_string();
+        let e = parse("bundle_dir: /b\ncolour: red\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("colour") && e.contains("line 2"), "{e}");
-        let e = parse("policy:\n  hysteresis: 0.1\n  flavour: 3\n").unwrap_err().to_string();
+        let e = parse("policy:\n  hysteresis: 0.1\n  flavour: 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("flavour") && e.contains("line 3"), "{e}");
     }
 
     #[test]
     fn bad_values_name_the_key_and_line() {
-        let e = parse("state_dir: /s\nlatency_budget:\n  percentile: 150\n").unwrap_err().to_string();
-        assert!(e.contains("latency_budget.percentile") && e.contains("line 3"), "{e}");
+        let e = parse("state_dir: /s\nlatency_budget:\n  percentile: 150\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("latency_budget.percentile") && e.contains("line 3"),
+            "{e}"
+        );
         let e = parse("listen: nowhere\n").unwrap_err().to_string();
         assert!(e.contains("listen") && e.contains("line 1"), "{e}");
         let e = parse("queue_depth: -1\n").unwrap_err().to_string();
         assert!(e.contains("line 1"), "{e}");
         let e = parse("worker_threads: 0\n").unwrap_err().to_string();
-        assert!(e.contains("`worker_threads`") && e.contains("line 1"), "{e}");
-        let e = parse("latency_budget: {ms: 3, fraction: 0.5}\n").unwrap_err().to_string();
+        assert!(
+            e.contains("`worker_threads`") && e.contains("line 1"),
+            "{e}"
+        );
+        let e = parse("latency_budget: {ms: 3, fraction: 0.5}\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not both"), "{e}");
     }
 

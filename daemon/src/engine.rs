@@ -36,22 +36,31 @@ const MAX_CACHED_PLANS: usize = 8;
 /// (c_N -> output). `materialise` rewires each span's input to the previous
 /// span's output.
 pub fn subnet_path(manifest: &Manifest, subnet: &SubnetId) -> Result<Vec<Span>> {
-    manifest.validate_subnet(subnet).map_err(|e| EngineError::Subnet(e.to_string()))?;
+    manifest
+        .validate_subnet(subnet)
+        .map_err(|e| EngineError::Subnet(e.to_string()))?;
     let cut = |i: usize| -> Result<&str> {
         manifest
             .cuts
             .get(i)
             .map(|c| c.tensor.as_str())
-            .ok_or_else(|| EngineError::Subnet(format!("subnet `{subnet}`: the manifest has no cut c_{i}")))
+            .ok_or_else(|| {
+                EngineError::Subnet(format!("subnet `{subnet}`: the manifest has no cut c_{i}"))
+            })
     };
     let mut path = vec![Span::new(manifest.input.name.clone(), cut(0)?)];
     for id in subnet.branches() {
-        let b = manifest
-            .branch(id)
-            .ok_or_else(|| EngineError::Subnet(format!("subnet `{subnet}`: branch `{id}` is not in the bundle")))?;
+        let b = manifest.branch(id).ok_or_else(|| {
+            EngineError::Subnet(format!(
+                "subnet `{subnet}`: branch `{id}` is not in the bundle"
+            ))
+        })?;
         path.push(Span::new(cut(b.from)?, b.tensor.clone()));
     }
-    path.push(Span::new(cut(manifest.num_blocks())?, manifest.output.name.clone()));
+    path.push(Span::new(
+        cut(manifest.num_blocks())?,
+        manifest.output.name.clone(),
+    ));
     Ok(path)
 }
 
@@ -102,7 +111,9 @@ impl Engine {
             .skip(1)
             .map(|d| d.fixed())
             .collect::<Option<Vec<usize>>>()
-            .ok_or_else(|| EngineError::Subnet("input.shape: every dim after the batch must be fixed".into()))?;
+            .ok_or_else(|| {
+                EngineError::Subnet("input.shape: every dim after the batch must be fixed".into())
+            })?;
         let model = materialise_subnet(bundle, subnet)?;
         let engine = Engine {
             subnet: subnet.clone(),
@@ -122,7 +133,10 @@ impl Engine {
                 m.output.name
             )));
         }
-        Ok(Engine { classes: shape[1], ..engine })
+        Ok(Engine {
+            classes: shape[1],
+            ..engine
+        })
     }
 
     /// The materialised subnet (a standalone ONNX model).
@@ -145,7 +159,10 @@ impl Engine {
         let mut shape = vec![batch];
         shape.extend(&self.item_shape);
         if data.len() != shape.iter().product::<usize>() {
-            return Err(EngineError::Input(format!("{} values for shape {shape:?}", data.len())));
+            return Err(EngineError::Input(format!(
+                "{} values for shape {shape:?}",
+                data.len()
+            )));
         }
         Tensor::from_shape(&shape, &data).map_err(|e| EngineError::Input(format!("{e}")))
     }
@@ -159,7 +176,12 @@ impl Engine {
             .enumerate()
             .map(|(i, &px)| {
                 let c = (i % item) / plane;
-                let m = self.mean.get(c).or(self.mean.first()).copied().unwrap_or(0.0);
+                let m = self
+                    .mean
+                    .get(c)
+                    .or(self.mean.first())
+                    .copied()
+                    .unwrap_or(0.0);
                 let s = self.std.get(c).or(self.std.first()).copied().unwrap_or(1.0);
                 (px as f32 / 255.0 - m) / s
             })
@@ -183,7 +205,12 @@ impl Engine {
         cache.tick += 1;
         let tick = cache.tick;
         if cache.plans.len() >= MAX_CACHED_PLANS && !cache.plans.contains_key(&batch) {
-            if let Some(oldest) = cache.plans.iter().filter(|(b, _)| **b != 1).min_by_key(|(_, (_, t))| *t).map(|(b, _)| *b)
+            if let Some(oldest) = cache
+                .plans
+                .iter()
+                .filter(|(b, _)| **b != 1)
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(b, _)| *b)
             {
                 cache.plans.remove(&oldest);
             }
@@ -194,7 +221,10 @@ impl Engine {
 
     /// Run on a float32 input [batch, item_shape...]; returns the logits [batch, classes].
     pub fn run(&self, input: Tensor) -> Result<Tensor> {
-        let batch = *input.shape().first().ok_or_else(|| EngineError::Input("a scalar input".into()))?;
+        let batch = *input
+            .shape()
+            .first()
+            .ok_or_else(|| EngineError::Input("a scalar input".into()))?;
         if batch == 0 {
             return Err(EngineError::Input("an empty batch".into()));
         }

@@ -1,1 +1,244 @@
-fn main() {}
+//! `adaptived`: the command line of the on-device daemon.
+//!
+//! ```text
+//! adaptived [serve] [--config F] [--listen ADDR] [--bundle-dir D] [--state-dir D]
+//! adaptived check-config [--config F] [...overrides]
+//! adaptived --demo [--listen ADDR]
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use adaptivenet_daemon::config::{Config, Listen, DEFAULT_CONFIG_PATH};
+use adaptivenet_daemon::server::pool::WorkerPool;
+use adaptivenet_daemon::server::{router, AppState, Bound};
+use adaptivenet_daemon::service::{read_keys, Outcome, Service};
+use adaptivenet_daemon::shared::Shared;
+use adaptivenet_daemon::{demo, search_api, watcher};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "adaptived",
+    version,
+    about = "Serve the best subnet of a supernet bundle for this device"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// The config file (default /etc/adaptivenet/config.yaml; absent means defaults).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Listen address: HOST:PORT or unix:/path (overrides `listen`).
+    #[arg(long, global = true)]
+    listen: Option<String>,
+    /// The watched bundle directory (overrides `bundle_dir`).
+    #[arg(long, global = true)]
+    bundle_dir: Option<PathBuf>,
+    /// The state directory (overrides `state_dir`).
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    /// Serve the demo bundle with the demo validation data on 127.0.0.1:8080.
+    #[arg(long)]
+    demo: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon (the default).
+    Serve,
+    /// Validate the config and print the effective config as YAML.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Cmd::CheckConfig) => check_config(&cli),
+        Some(Cmd::Serve) | None => serve(&cli),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("adaptived: error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The config file with the command-line overrides applied, validated.
+fn effective_config(cli: &Cli) -> Result<Config> {
+    let (path, allow_missing) = match &cli.config {
+        Some(p) => (p.clone(), false),
+        None => (PathBuf::from(DEFAULT_CONFIG_PATH), true),
+    };
+    let loaded = Config::load(&path, allow_missing)?;
+    if loaded.text.is_none() {
+        log::info!("{}: not found; using the defaults", path.display());
+    }
+    let mut c = loaded.config;
+    apply_overrides(cli, &mut c)?;
+    c.validate()
+        .map_err(|(k, m)| anyhow!("`{k}` (after command-line overrides): {m}"))?;
+    Ok(c)
+}
+
+fn apply_overrides(cli: &Cli, c: &mut Config) -> Result<()> {
+    if let Some(l) = &cli.listen {
+        c.listen = l.parse::<Listen>().map_err(|e| anyhow!("--listen: {e}"))?;
+    }
+    if let Some(d) = &cli.bundle_dir {
+        c.bundle_dir = d.clone();
+    }
+    if let Some(d) = &cli.state_dir {
+        c.state_dir = d.clone();
+    }
+    Ok(())
+}
+
+fn check_config(cli: &Cli) -> Result<()> {
+    let c = effective_config(cli)?;
+    read_keys(&c).map_err(|e| anyhow!(e))?;
+    if let Some(v) = &c.validation_data {
+        for (key, p) in [
+            ("validation_data.images", Some(&v.images)),
+            ("validation_data.labels", v.labels.as_ref()),
+        ] {
+            if let Some(p) = p {
+                if !p.is_file() {
+                    bail!("`{key}`: {} is not a readable file", p.display());
+                }
+            }
+        }
+    }
+    print!("{}", c.to_yaml());
+    Ok(())
+}
+
+fn serve(cli: &Cli) -> Result<()> {
+    let (config, demo) = if cli.demo {
+        if cli.config.is_some() || cli.bundle_dir.is_some() || cli.state_dir.is_some() {
+            bail!("--demo sets its own config and folders; only --listen may be given with it");
+        }
+        let listen = cli
+            .listen
+            .as_deref()
+            .map(|l| l.parse::<Listen>().map_err(|e| anyhow!("--listen: {e}")))
+            .transpose()?;
+        let d = demo::prepare(listen).map_err(|e| anyhow!("demo: {e}"))?;
+        (d.config.clone(), Some(d))
+    } else {
+        (effective_config(cli)?, None)
+    };
+    log::info!(
+        "adaptived {}: bundle_dir {}, state_dir {}, {} worker(s), queue {}",
+        env!("CARGO_PKG_VERSION"),
+        config.bundle_dir.display(),
+        config.state_dir.display(),
+        config.worker_threads,
+        config.queue_depth
+    );
+    let shared = Arc::new(Shared::default());
+    let service = Service::start(config.clone(), shared.clone(), search_api::default_search())
+        .map_err(|e| anyhow!(e))?;
+    // The last good bundle serves at once (before the listener is up).
+    service.restore();
+    if let Some(d) = &demo {
+        match service.consider(&d.bundle) {
+            Outcome::Accepted { .. } | Outcome::AlreadyInstalled => {}
+            other => bail!(
+                "demo: the demo bundle {} was not accepted: {other:?}",
+                d.bundle.display()
+            ),
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let (svc, stop) = (service.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("watcher".into())
+            .spawn(move || watcher::run(svc, stop))?;
+    }
+    let pool = Arc::new(
+        WorkerPool::new(config.worker_threads, config.queue_depth)
+            .context("starting the worker pool")?,
+    );
+    let state = AppState {
+        shared: shared.clone(),
+        pool,
+        max_batch: config.max_batch,
+        percentile: config.latency_budget.percentile,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("http")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let bound = Bound::bind(&config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let url = bound.url();
+        log::info!("listening on {url}");
+        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+            log::debug!("sd_notify: {e}");
+        }
+        if let Some(d) = &demo {
+            print_demo_help(d, &url, &shared);
+        }
+        bound
+            .serve(router(state), shutdown_signal())
+            .await
+            .context("serving")?;
+        log::info!("stopped");
+        Ok::<(), anyhow::Error>(())
+    })?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+fn print_demo_help(d: &demo::Demo, url: &str, shared: &Shared) {
+    let Some(active) = shared.current() else {
+        return;
+    };
+    let name = active.name().to_string();
+    log::info!(
+        "demo: serving `{name}` v{}, subnet `{}`",
+        active.version(),
+        active.engine.subnet
+    );
+    match demo::write_example_request(d, &active.bundle.manifest.input.name) {
+        Ok((req, label)) => {
+            println!();
+            println!("adaptived demo is up at {url}. Try (the image is a `{label}`):");
+            println!();
+            println!("  curl -s -X POST {url}/v2/models/{name}/infer -H 'Content-Type: application/json' -d @{}", req.display());
+            println!("  curl -s {url}/v2/models/{name}/adaptation");
+            println!("  curl -s {url}/metrics");
+            println!();
+        }
+        Err(e) => log::warn!("demo: cannot write the example request: {e}"),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("cannot handle SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => log::info!("SIGINT: shutting down"),
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+}

@@ -76,7 +76,8 @@ pub struct SearchInput {
 pub struct SearchError(pub String);
 
 /// The search function the daemon calls.
-pub type SearchFn = Arc<dyn Fn(&Bundle, &SearchInput) -> Result<SearchResult, SearchError> + Send + Sync>;
+pub type SearchFn =
+    Arc<dyn Fn(&Bundle, &SearchInput) -> Result<SearchResult, SearchError> + Send + Sync>;
 
 /// THE SEAM: the search the daemon runs. Replace the body with the real search
 /// when `daemon/src/search/` lands.
@@ -91,11 +92,17 @@ pub fn oracle_only(bundle: &Bundle, input: &SearchInput) -> Result<SearchResult,
     let t = Instant::now();
     let oracle = bundle.manifest.oracle_subnet();
     let engine = Engine::build(bundle, &oracle).map_err(|e| SearchError(e.to_string()))?;
-    let oracle_ms = engine.time_batch1(5, 31).map_err(|e| SearchError(e.to_string()))?;
+    let oracle_ms = engine
+        .time_batch1(5, 31)
+        .map_err(|e| SearchError(e.to_string()))?;
     Ok(SearchResult {
         bundle_sha256: bundle.sha256.clone(),
         fingerprint: input.fingerprint.clone(),
-        front: vec![FrontPoint { subnet: oracle.clone(), predicted_ms: oracle_ms, accuracy: 1.0 }],
+        front: vec![FrontPoint {
+            subnet: oracle.clone(),
+            predicted_ms: oracle_ms,
+            accuracy: 1.0,
+        }],
         chosen: oracle,
         budget_ms: input.budget.budget_ms(oracle_ms),
         oracle_ms,
@@ -107,11 +114,15 @@ pub fn oracle_only(bundle: &Bundle, input: &SearchInput) -> Result<SearchResult,
 /// Load the configured validation data with the bundle's preprocessing.
 pub fn load_validation(v: &ValidationData, bundle: &Bundle) -> Result<Dataset, String> {
     let pp = &bundle.manifest.input.preprocess;
-    let pre = Preprocess { mean: pp.mean.clone(), std: pp.std.clone() };
+    let pre = Preprocess {
+        mean: pp.mean.clone(),
+        std: pp.std.clone(),
+    };
     let mut d = if v.is_npy() {
         Dataset::from_npy(&v.images, v.labels.as_deref()).map_err(|e| e.to_string())?
     } else {
-        Dataset::from_idx(&v.images, v.labels.as_deref(), &pre, 0..v.limit).map_err(|e| e.to_string())?
+        Dataset::from_idx(&v.images, v.labels.as_deref(), &pre, 0..v.limit)
+            .map_err(|e| e.to_string())?
     };
     if d.len() > v.limit {
         let k: usize = d.item_shape.iter().product();
@@ -130,10 +141,20 @@ pub fn device_fingerprint() -> String {
         .ok()
         .and_then(|t| {
             t.lines()
-                .find(|l| l.starts_with("model name") || l.starts_with("Model") || l.starts_with("Hardware"))
+                .find(|l| {
+                    l.starts_with("model name")
+                        || l.starts_with("Model")
+                        || l.starts_with("Hardware")
+                })
                 .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_string()))
         })
         .unwrap_or_else(|| "unknown-cpu".into());
-    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    format!("{cpu} x{n} {} tract-{}", std::env::consts::ARCH, adaptivenet_onnx::TRACT_VERSION)
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    format!(
+        "{cpu} x{n} {} tract-{}",
+        std::env::consts::ARCH,
+        adaptivenet_onnx::TRACT_VERSION
+    )
 }

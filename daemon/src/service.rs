@@ -55,12 +55,21 @@ pub struct Service {
 
 /// Read the trusted keys named by the config; errors name the file.
 pub fn read_keys(config: &Config) -> Result<Vec<PublicKey>, String> {
-    config.trusted_keys.iter().enumerate().map(|(i, p)| read_public_key(p).map_err(|e| format!("trusted_keys[{i}]: {e}"))).collect()
+    config
+        .trusted_keys
+        .iter()
+        .enumerate()
+        .map(|(i, p)| read_public_key(p).map_err(|e| format!("trusted_keys[{i}]: {e}")))
+        .collect()
 }
 
 impl Service {
     /// Open the state directory and read the keys; starts the search thread.
-    pub fn start(config: Config, shared: Arc<Shared>, search: SearchFn) -> Result<Arc<Service>, String> {
+    pub fn start(
+        config: Config,
+        shared: Arc<Shared>,
+        search: SearchFn,
+    ) -> Result<Arc<Service>, String> {
         let keys = read_keys(&config)?;
         if keys.is_empty() && !config.allow_unsigned {
             log::warn!("no trusted_keys are configured and allow_unsigned is false: every bundle will be rejected");
@@ -86,7 +95,10 @@ impl Service {
     }
 
     fn latest(&self) -> Option<(String, u64)> {
-        self.latest.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn set_latest(&self, sha: &str, version: u64) {
@@ -107,7 +119,11 @@ impl Service {
     pub fn restore(&self) {
         let path = self.state.active_bundle_path();
         if !path.is_file() {
-            log::info!("{}: no active bundle yet; waiting for one in {}", path.display(), self.config.bundle_dir.display());
+            log::info!(
+                "{}: no active bundle yet; waiting for one in {}",
+                path.display(),
+                self.config.bundle_dir.display()
+            );
             return;
         }
         let bundle = match Bundle::open(&path, &self.keys, self.config.allow_unsigned) {
@@ -139,7 +155,12 @@ impl Service {
 
     /// Build the engine for `result`'s chosen subnet (or the oracle path) and
     /// serve it. A chosen subnet that does not build falls back to the oracle.
-    fn activate(&self, bundle: Arc<Bundle>, result: Option<SearchResult>, reason: &str) -> Result<(), String> {
+    fn activate(
+        &self,
+        bundle: Arc<Bundle>,
+        result: Option<SearchResult>,
+        reason: &str,
+    ) -> Result<(), String> {
         let oracle = bundle.manifest.oracle_subnet();
         let chosen: SubnetId = result
             .as_ref()
@@ -151,11 +172,22 @@ impl Service {
             Err(e) if chosen != oracle => {
                 log::error!("subnet `{chosen}` does not build ({e}); serving the oracle path");
                 let eng = Engine::build(&bundle, &oracle).map_err(|e| e.to_string())?;
-                (eng, format!("{reason}; chosen subnet failed to build, oracle path"))
+                (
+                    eng,
+                    format!("{reason}; chosen subnet failed to build, oracle path"),
+                )
             }
             Err(e) => return Err(e.to_string()),
         };
-        self.shared.promote(Active { bundle, engine, result, since: unix_now() }, &reason);
+        self.shared.promote(
+            Active {
+                bundle,
+                engine,
+                result,
+                since: unix_now(),
+            },
+            &reason,
+        );
         Ok(())
     }
 
@@ -167,7 +199,8 @@ impl Service {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Outcome::Gone,
             Err(e) => return Outcome::Rejected(format!("cannot read the file: {e}")),
         };
-        let bundle = match Bundle::from_bytes(path, &bytes, &self.keys, self.config.allow_unsigned) {
+        let bundle = match Bundle::from_bytes(path, &bytes, &self.keys, self.config.allow_unsigned)
+        {
             Ok(b) => b,
             Err(e) => return Outcome::Rejected(e.problem.to_string()),
         };
@@ -180,7 +213,10 @@ impl Service {
         }
         let version = m.model.version;
         let latest = self.latest();
-        if latest.as_ref().is_some_and(|(sha, _)| *sha == bundle.sha256) {
+        if latest
+            .as_ref()
+            .is_some_and(|(sha, _)| *sha == bundle.sha256)
+        {
             return Outcome::AlreadyInstalled;
         }
         match (self.config.pin_version, &latest) {
@@ -200,13 +236,18 @@ impl Service {
         let oracle = m.oracle_subnet();
         let oracle_engine = match Engine::build(&bundle, &oracle) {
             Ok(e) => e,
-            Err(e) => return Outcome::Rejected(format!("the supernet does not run on this device: {e}")),
+            Err(e) => {
+                return Outcome::Rejected(format!("the supernet does not run on this device: {e}"))
+            }
         };
         let info = ActiveInfo {
             sha256: bundle.sha256.clone(),
             name: m.model.name.clone(),
             version,
-            source: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            source: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             installed_at: unix_now(),
         };
         if let Err(e) = self.state.save_active(&bytes, &info) {
@@ -214,17 +255,27 @@ impl Service {
         }
         self.set_latest(&bundle.sha256, version);
         let name = m.model.name.clone();
-        log::info!("accepted bundle {} ({name} v{version}, sha256 {})", path.display(), bundle.sha256);
+        log::info!(
+            "accepted bundle {} ({name} v{version}, sha256 {})",
+            path.display(),
+            bundle.sha256
+        );
         let bundle = Arc::new(bundle);
         let stored = self.state.load_result(&bundle.sha256, &self.fingerprint);
         if stored.is_some() {
-            if let Err(e) = self.activate(bundle, stored, "new bundle with a stored search result") {
+            if let Err(e) = self.activate(bundle, stored, "new bundle with a stored search result")
+            {
                 log::error!("{e}");
             }
         } else {
             if self.shared.current().is_none() {
                 self.shared.promote(
-                    Active { bundle: bundle.clone(), engine: oracle_engine, result: None, since: unix_now() },
+                    Active {
+                        bundle: bundle.clone(),
+                        engine: oracle_engine,
+                        result: None,
+                        since: unix_now(),
+                    },
                     "first bundle: serving its oracle path until the search finishes",
                 );
             }
@@ -241,16 +292,23 @@ impl Service {
             log::info!("search for {sha} skipped: a newer bundle was installed");
             return;
         }
-        let label = format!("{} v{}", bundle.manifest.model.name, bundle.manifest.model.version);
+        let label = format!(
+            "{} v{}",
+            bundle.manifest.model.name, bundle.manifest.model.version
+        );
         log::info!("search started for {label} (sha256 {sha})");
         self.shared.set_search("running", Some(&sha), None);
-        let validation = self.config.validation_data.as_ref().and_then(|v| match load_validation(v, &bundle) {
-            Ok(d) => Some(Arc::new(d)),
-            Err(e) => {
-                log::warn!("validation_data: {e}; searching without local data");
-                None
-            }
-        });
+        let validation =
+            self.config
+                .validation_data
+                .as_ref()
+                .and_then(|v| match load_validation(v, &bundle) {
+                    Ok(d) => Some(Arc::new(d)),
+                    Err(e) => {
+                        log::warn!("validation_data: {e}; searching without local data");
+                        None
+                    }
+                });
         let input = SearchInput {
             budget: self.config.latency_budget.clone(),
             validation,
@@ -258,13 +316,20 @@ impl Service {
             fingerprint: self.fingerprint.clone(),
         };
         let search = self.search.clone();
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| search(&bundle, &input)))
-            .unwrap_or_else(|_| Err(crate::search_api::SearchError("the search panicked".into())));
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| search(&bundle, &input)))
+                .unwrap_or_else(|_| {
+                    Err(crate::search_api::SearchError("the search panicked".into()))
+                });
         let superseded = self.latest().is_some_and(|(s, _)| s != sha);
         match outcome {
             Ok(result) => {
                 if let Err(e) = bundle.manifest.validate_subnet(&result.chosen) {
-                    self.search_failed(&bundle, format!("the search chose an invalid subnet: {e}"), superseded);
+                    self.search_failed(
+                        &bundle,
+                        format!("the search chose an invalid subnet: {e}"),
+                        superseded,
+                    );
                     return;
                 }
                 log::info!(
@@ -281,12 +346,19 @@ impl Service {
                     log::error!("cannot store the search result: {e}");
                 }
                 self.state.prune_results(&[sha.as_str()]);
-                self.shared.set_search("idle", Some(&sha), Some(format!("chose `{}`", result.chosen)));
+                self.shared.set_search(
+                    "idle",
+                    Some(&sha),
+                    Some(format!("chose `{}`", result.chosen)),
+                );
                 if superseded {
                     log::info!("{label} was superseded while searching; its result is not served");
                     return;
                 }
-                let reason = format!("search done: chose `{}` for a budget of {:.3} ms", result.chosen, result.budget_ms);
+                let reason = format!(
+                    "search done: chose `{}` for a budget of {:.3} ms",
+                    result.chosen, result.budget_ms
+                );
                 if let Err(e) = self.activate(bundle, Some(result), &reason) {
                     log::error!("{e}");
                 }
@@ -297,8 +369,12 @@ impl Service {
 
     fn search_failed(&self, bundle: &Arc<Bundle>, message: String, superseded: bool) {
         log::error!("{message}");
-        self.shared.set_search("failed", Some(&bundle.sha256), Some(message.clone()));
-        let serving_it = self.shared.current().is_some_and(|a| a.bundle.sha256 == bundle.sha256);
+        self.shared
+            .set_search("failed", Some(&bundle.sha256), Some(message.clone()));
+        let serving_it = self
+            .shared
+            .current()
+            .is_some_and(|a| a.bundle.sha256 == bundle.sha256);
         if !superseded && !serving_it {
             let reason = format!("{message}; serving the new bundle's oracle path");
             if let Err(e) = self.activate(bundle.clone(), None, &reason) {

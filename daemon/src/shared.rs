@@ -39,11 +39,19 @@ impl Active {
     /// The predicted latency of the served subnet, if the search gave one.
     pub fn predicted_ms(&self) -> Option<f64> {
         let r = self.result.as_ref()?;
-        r.front.iter().find(|p| p.subnet == self.engine.subnet).map(|p| p.predicted_ms)
+        r.front
+            .iter()
+            .find(|p| p.subnet == self.engine.subnet)
+            .map(|p| p.predicted_ms)
     }
     /// `name vVERSION [subnet]`, for logs and swap records.
     pub fn label(&self) -> String {
-        format!("{} v{} [{}]", self.name(), self.version(), self.engine.subnet)
+        format!(
+            "{} v{} [{}]",
+            self.name(),
+            self.version(),
+            self.engine.subnet
+        )
     }
 }
 
@@ -93,7 +101,13 @@ impl Default for Shared {
         Shared {
             active: ArcSwapOption::empty(),
             metrics: Metrics::default(),
-            history: Mutex::new(History { search: SearchStatus { state: "idle".into(), ..Default::default() }, ..Default::default() }),
+            history: Mutex::new(History {
+                search: SearchStatus {
+                    state: "idle".into(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }),
         }
     }
 }
@@ -113,11 +127,21 @@ impl Shared {
         let to = next.label();
         let old = self.active.swap(Some(Arc::new(next)));
         let from = old.as_ref().map(|a| a.label());
-        log::info!("serving {to} (was {}): {reason}", from.as_deref().unwrap_or("nothing"));
-        self.metrics.swaps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        log::info!(
+            "serving {to} (was {}): {reason}",
+            from.as_deref().unwrap_or("nothing")
+        );
+        self.metrics
+            .swaps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.metrics.clear_recent();
         let mut h = self.history();
-        h.swaps.push_back(Swap { time: rfc3339(unix_now()), from, to, reason: reason.to_string() });
+        h.swaps.push_back(Swap {
+            time: rfc3339(unix_now()),
+            from,
+            to,
+            reason: reason.to_string(),
+        });
         while h.swaps.len() > HISTORY {
             h.swaps.pop_front();
         }
@@ -126,16 +150,25 @@ impl Shared {
     /// Record a rejected bundle.
     pub fn reject(&self, file: &str, reason: &str) {
         log::warn!("rejected bundle {file}: {reason}");
-        self.metrics.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .rejected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut h = self.history();
-        h.rejected.push_back(Rejected { file: file.to_string(), reason: reason.to_string(), time: rfc3339(unix_now()) });
+        h.rejected.push_back(Rejected {
+            file: file.to_string(),
+            reason: reason.to_string(),
+            time: rfc3339(unix_now()),
+        });
         while h.rejected.len() > HISTORY {
             h.rejected.pop_front();
         }
     }
 
     pub fn set_search(&self, state: &str, sha: Option<&str>, message: Option<String>) {
-        self.history().search =
-            SearchStatus { state: state.to_string(), bundle_sha256: sha.map(str::to_string), message };
+        self.history().search = SearchStatus {
+            state: state.to_string(),
+            bundle_sha256: sha.map(str::to_string),
+            message,
+        };
     }
 }

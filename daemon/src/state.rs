@@ -42,13 +42,19 @@ pub struct StateError {
 }
 
 fn err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
-    move |source| StateError { path: path.to_path_buf(), source }
+    move |source| StateError {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Write `bytes` to `path` atomically and durably.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(err(&tmp))?;
@@ -66,7 +72,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
 
 /// fsync a directory so a rename in it is durable.
 pub fn sync_dir(dir: &Path) -> Result<(), StateError> {
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err(dir))
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err(dir))
 }
 
 /// The state directory.
@@ -90,7 +98,9 @@ impl State {
                 }
             }
         }
-        Ok(State { dir: dir.to_path_buf() })
+        Ok(State {
+            dir: dir.to_path_buf(),
+        })
     }
 
     pub fn active_bundle_path(&self) -> PathBuf {
@@ -143,11 +153,17 @@ impl State {
                 None
             }
             Ok(_) => {
-                log::warn!("{}: holds the result of another bundle; ignored", path.display());
+                log::warn!(
+                    "{}: holds the result of another bundle; ignored",
+                    path.display()
+                );
                 None
             }
             Err(e) => {
-                log::warn!("{}: unreadable search result ({e}); ignored", path.display());
+                log::warn!(
+                    "{}: unreadable search result ({e}); ignored",
+                    path.display()
+                );
                 None
             }
         }
@@ -155,7 +171,9 @@ impl State {
 
     /// Remove stored results of bundles other than `keep` (sha256s).
     pub fn prune_results(&self, keep: &[&str]) {
-        let Ok(entries) = std::fs::read_dir(self.dir.join(RESULTS_DIR)) else { return };
+        let Ok(entries) = std::fs::read_dir(self.dir.join(RESULTS_DIR)) else {
+            return;
+        };
         for e in entries.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
             if let Some(sha) = n.strip_suffix(".json") {
@@ -169,7 +187,10 @@ impl State {
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A Unix time as RFC 3339 UTC (`2026-11-27T11:04:38Z`).
@@ -187,7 +208,12 @@ pub fn rfc3339(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
@@ -209,7 +235,11 @@ mod tests {
         write_atomically(&dir.join("x"), b"one").unwrap();
         write_atomically(&dir.join("x"), b"two").unwrap();
         assert_eq!(std::fs::read(dir.join("x")).unwrap(), b"two");
-        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         assert_eq!(names.len(), 2, "{names:?}"); // x and results/
         assert!(s.load_result("abc", "fp").is_none());
         let _ = std::fs::remove_dir_all(&dir);

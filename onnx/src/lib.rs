@@ -8,6 +8,7 @@ pub mod branches;
 pub mod bundle;
 pub mod cuts;
 pub mod dataset;
+pub mod datasource;
 pub mod error;
 pub mod extract;
 pub mod facts;

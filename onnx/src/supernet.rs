@@ -71,3 +71,136 @@ pub fn subnet_path(manifest: &Manifest, subnet: &SubnetId) -> Result<Vec<Span>> 
     ));
     Ok(path)
 }
+
+/// Which branches to build (the branch part of `elastify.yaml`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BranchSpec {
+    /// Merge spans, in blocks (each >= 2).
+    pub merge_spans: Vec<usize>,
+    /// Shrink ratios (strictly between 0 and 1, whole percentages).
+    pub shrink_ratios: Vec<f64>,
+    /// Blocks that no new branch may replace.
+    pub skip_blocks: Vec<usize>,
+    /// How merges pick the block they copy.
+    pub merge_source: crate::branches::MergeSource,
+    /// Seed for layers that have to be re-created.
+    pub seed: u64,
+}
+
+impl Default for BranchSpec {
+    fn default() -> Self {
+        BranchSpec {
+            merge_spans: vec![2, 3],
+            shrink_ratios: vec![0.5, 0.25],
+            skip_blocks: vec![],
+            merge_source: crate::branches::MergeSource::Best,
+            seed: 0,
+        }
+    }
+}
+
+/// Build every branch the spec asks for.
+pub fn build_branches(oracle: &Oracle, spec: &BranchSpec) -> Result<Vec<BuiltBranch>> {
+    use crate::branches::{build_merge, build_shrink};
+    let n = oracle.layout.num_blocks();
+    let free = |a: usize, b: usize| (a..b).all(|i| !spec.skip_blocks.contains(&i));
+    let mut out = Vec::new();
+    for &span in &spec.merge_spans {
+        if span < 2 {
+            return Err(Error::Graph(format!(
+                "merge span {span} must be at least 2"
+            )));
+        }
+        for from in 0..n.saturating_sub(span - 1) {
+            if free(from, from + span) {
+                out.push(build_merge(
+                    oracle,
+                    from,
+                    span,
+                    spec.merge_source,
+                    spec.seed,
+                )?);
+            }
+        }
+    }
+    for b in 0..n {
+        if !free(b, b + 1) {
+            continue;
+        }
+        for &r in &spec.shrink_ratios {
+            out.push(build_shrink(oracle, b, r)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The supernet model and its manifest (checksums not yet filled in): the
+/// oracle's cuts and original blocks, and every built branch with its MACs
+/// and parameter count measured on the supernet graph.
+pub fn supernet_with_manifest(
+    oracle: &Oracle,
+    branches: &[BuiltBranch],
+    desc: &crate::bundle::ModelDescription,
+) -> Result<(ModelProto, Manifest)> {
+    use crate::bundle::{Branch, BranchKind};
+    let model = assemble(oracle, branches)?;
+    let index = crate::graph::GraphIndex::of_model(&model)?;
+    let facts = crate::facts::infer_facts(&model, 1)?;
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| Error::Graph("supernet has no graph".into()))?;
+    let mut manifest = crate::bundle::oracle_manifest(oracle, desc)?;
+    for b in branches {
+        let from = b.id.from_cut();
+        let stats = crate::stats::span_stats(
+            graph,
+            &index,
+            &facts,
+            &Span::new(&oracle.layout.cuts[from], &b.output),
+        )?;
+        let mut params = std::collections::BTreeMap::new();
+        let kind = match b.id {
+            crate::bundle::BranchId::Merge { span, .. } => {
+                params.insert("span".to_string(), serde_json::json!(span));
+                params.insert(
+                    "source_block".to_string(),
+                    serde_json::json!(b.source_block),
+                );
+                if !b.reinitialised.is_empty() {
+                    params.insert(
+                        "reinitialised".to_string(),
+                        serde_json::json!(b.reinitialised),
+                    );
+                }
+                BranchKind::Merge
+            }
+            crate::bundle::BranchId::Shrink { percent, .. } => {
+                params.insert(
+                    "ratio".to_string(),
+                    serde_json::json!(percent as f64 / 100.0),
+                );
+                BranchKind::Shrink
+            }
+            crate::bundle::BranchId::Original { .. } => {
+                return Err(Error::Graph(format!(
+                    "`{}` is an original block, not a new branch",
+                    b.id
+                )))
+            }
+        };
+        manifest.branches.push(Branch {
+            id: b.id,
+            from,
+            to: b.id.to_cut(),
+            kind,
+            params,
+            tensor: b.output.clone(),
+            macs: stats.macs,
+            param_count: stats.params,
+            distill_loss: None,
+        });
+    }
+    Ok((model, manifest))
+}

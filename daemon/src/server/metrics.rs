@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 /// Upper bounds of the latency histogram, seconds.
-pub const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
+pub const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
 
 /// How many recent run times are kept for percentiles.
 pub const RECENT: usize = 1000;
@@ -66,11 +68,20 @@ impl Metrics {
 
     /// Forget recent run times (after a swap they describe another model).
     pub fn clear_recent(&self) {
-        self.recent.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     pub fn percentiles(&self) -> Percentiles {
-        let mut v: Vec<f64> = self.recent.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
+        let mut v: Vec<f64> = self
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect();
         v.sort_by(|a, b| a.total_cmp(b));
         let at = |q: f64| -> Option<f64> {
             if v.is_empty() {
@@ -79,7 +90,11 @@ impl Metrics {
             let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
             Some(v[i])
         };
-        Percentiles { p50: at(0.50), p95: at(0.95), count: v.len() }
+        Percentiles {
+            p50: at(0.50),
+            p95: at(0.95),
+            count: v.len(),
+        }
     }
 
     /// Prometheus text exposition.
@@ -88,7 +103,12 @@ impl Metrics {
         let counter = |s: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         };
-        counter(&mut s, "adaptived_requests_total", "Infer requests received.", self.requests.load(Relaxed));
+        counter(
+            &mut s,
+            "adaptived_requests_total",
+            "Infer requests received.",
+            self.requests.load(Relaxed),
+        );
         let _ = writeln!(
             s,
             "# HELP adaptived_request_failures_total Infer requests not answered 200, by reason.\n# TYPE adaptived_request_failures_total counter"
@@ -98,18 +118,33 @@ impl Metrics {
             ("busy", &self.busy),
             ("error", &self.errors),
         ] {
-            let _ = writeln!(s, "adaptived_request_failures_total{{reason=\"{reason}\"}} {}", v.load(Relaxed));
+            let _ = writeln!(
+                s,
+                "adaptived_request_failures_total{{reason=\"{reason}\"}} {}",
+                v.load(Relaxed)
+            );
         }
         let _ = writeln!(
             s,
             "# HELP adaptived_request_duration_seconds Wall time of successful infer requests.\n# TYPE adaptived_request_duration_seconds histogram"
         );
         for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(s, "adaptived_request_duration_seconds_bucket{{le=\"{b}\"}} {}", self.buckets[i].load(Relaxed));
+            let _ = writeln!(
+                s,
+                "adaptived_request_duration_seconds_bucket{{le=\"{b}\"}} {}",
+                self.buckets[i].load(Relaxed)
+            );
         }
         let count = self.count.load(Relaxed);
-        let _ = writeln!(s, "adaptived_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(s, "adaptived_request_duration_seconds_sum {}", self.sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            s,
+            "adaptived_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            s,
+            "adaptived_request_duration_seconds_sum {}",
+            self.sum_us.load(Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(s, "adaptived_request_duration_seconds_count {count}");
         let _ = writeln!(
             s,
@@ -123,8 +158,18 @@ impl Metrics {
                 escape(subnet)
             );
         }
-        counter(&mut s, "adaptived_swaps_total", "Swaps of the served model or subnet.", self.swaps.load(Relaxed));
-        counter(&mut s, "adaptived_bundles_rejected_total", "Bundles rejected.", self.rejected.load(Relaxed));
+        counter(
+            &mut s,
+            "adaptived_swaps_total",
+            "Swaps of the served model or subnet.",
+            self.swaps.load(Relaxed),
+        );
+        counter(
+            &mut s,
+            "adaptived_bundles_rejected_total",
+            "Bundles rejected.",
+            self.rejected.load(Relaxed),
+        );
         let _ = writeln!(
             s,
             "# HELP adaptived_requests_in_flight Infer requests queued or running.\n# TYPE adaptived_requests_in_flight gauge\nadaptived_requests_in_flight {in_flight}"
@@ -135,7 +180,9 @@ impl Metrics {
 
 /// Escape a Prometheus label value.
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -153,8 +200,17 @@ mod tests {
         assert_eq!((p.p50, p.p95, p.count), (Some(50.0), Some(95.0), 100));
         m.observe_request(0.003);
         let t = m.render(Some(("m", 2, "b0 b1")), 0);
-        assert!(t.contains("adaptived_request_duration_seconds_bucket{le=\"0.005\"} 1"), "{t}");
-        assert!(t.contains("adaptived_request_duration_seconds_bucket{le=\"0.002\"} 0"), "{t}");
-        assert!(t.contains("adaptived_active_subnet{model=\"m\",version=\"2\",subnet=\"b0 b1\"} 1"), "{t}");
+        assert!(
+            t.contains("adaptived_request_duration_seconds_bucket{le=\"0.005\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("adaptived_request_duration_seconds_bucket{le=\"0.002\"} 0"),
+            "{t}"
+        );
+        assert!(
+            t.contains("adaptived_active_subnet{model=\"m\",version=\"2\",subnet=\"b0 b1\"} 1"),
+            "{t}"
+        );
     }
 }

@@ -42,9 +42,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/models/{name}/ready", get(v2::model_ready))
         .route("/v2/models/{name}/infer", post(v2::infer))
         .route("/v2/models/{name}/adaptation", get(v2::adaptation))
-        .route("/v2/models/{name}/versions/{version}", get(v2::model_metadata_v))
-        .route("/v2/models/{name}/versions/{version}/ready", get(v2::model_ready_v))
-        .route("/v2/models/{name}/versions/{version}/infer", post(v2::infer_v))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(v2::model_metadata_v),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(v2::model_ready_v),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(v2::infer_v),
+        )
         .route("/metrics", get(v2::metrics))
         .fallback(v2::not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -69,7 +78,10 @@ impl Bound {
                         std::fs::remove_file(path)?;
                     }
                 }
-                Ok(Bound::Unix(tokio::net::UnixListener::bind(path)?, path.clone()))
+                Ok(Bound::Unix(
+                    tokio::net::UnixListener::bind(path)?,
+                    path.clone(),
+                ))
             }
         }
     }
@@ -77,7 +89,10 @@ impl Bound {
     /// The address clients use (`http://127.0.0.1:8080` or `unix:/path`).
     pub fn url(&self) -> String {
         match self {
-            Bound::Tcp(l) => l.local_addr().map(|a| format!("http://{a}")).unwrap_or_else(|_| "http://?".into()),
+            Bound::Tcp(l) => l
+                .local_addr()
+                .map(|a| format!("http://{a}"))
+                .unwrap_or_else(|_| "http://?".into()),
             Bound::Unix(_, p) => format!("unix:{}", p.display()),
         }
     }

@@ -26,21 +26,28 @@ impl WorkerPool {
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..workers.max(1) {
             let rx: Arc<Mutex<Receiver<Job>>> = rx.clone();
-            std::thread::Builder::new().name(format!("infer-{i}")).spawn(move || loop {
-                let job = {
-                    let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
-                    guard.recv()
-                };
-                match job {
-                    // A panic in a job must not kill the worker.
-                    Ok(job) => {
-                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            std::thread::Builder::new()
+                .name(format!("infer-{i}"))
+                .spawn(move || loop {
+                    let job = {
+                        let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
+                        guard.recv()
+                    };
+                    match job {
+                        // A panic in a job must not kill the worker.
+                        Ok(job) => {
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                        }
+                        Err(_) => return, // the pool was dropped
                     }
-                    Err(_) => return, // the pool was dropped
-                }
-            })?;
+                })?;
         }
-        Ok(WorkerPool { tx, in_flight: Arc::new(AtomicUsize::new(0)), workers: workers.max(1), queue_depth })
+        Ok(WorkerPool {
+            tx,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            workers: workers.max(1),
+            queue_depth,
+        })
     }
 
     /// Jobs queued or running.
@@ -92,7 +99,10 @@ mod tests {
         for _ in 0..5 {
             let g = go_rx.clone();
             match pool.submit(move || {
-                let _ = g.lock().unwrap().recv_timeout(std::time::Duration::from_secs(5));
+                let _ = g
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(std::time::Duration::from_secs(5));
                 1
             }) {
                 Ok(rx) => accepted.push(rx),

@@ -33,10 +33,16 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn bad(msg: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::BAD_REQUEST, message: msg.into() }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: msg.into(),
+        }
     }
     fn new(status: StatusCode, msg: impl Into<String>) -> ApiError {
-        ApiError { status, message: msg.into() }
+        ApiError {
+            status,
+            message: msg.into(),
+        }
     }
 }
 
@@ -49,7 +55,10 @@ impl IntoResponse for ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 
 fn no_model() -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no model is loaded yet: drop a bundle into the bundle directory")
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no model is loaded yet: drop a bundle into the bundle directory",
+    )
 }
 
 /// The active model if `name` (and `version`, when given) names it.
@@ -58,14 +67,20 @@ fn model_named(st: &AppState, name: &str, version: Option<&str>) -> ApiResult<Ar
     if active.name() != name {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("model `{name}` is not served here; this server serves `{}`", active.name()),
+            format!(
+                "model `{name}` is not served here; this server serves `{}`",
+                active.name()
+            ),
         ));
     }
     if let Some(v) = version {
         if v != active.version().to_string() {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
-                format!("model `{name}` version `{v}` is not served; the served version is {}", active.version()),
+                format!(
+                    "model `{name}` version `{v}` is not served; the served version is {}",
+                    active.version()
+                ),
             ));
         }
     }
@@ -92,7 +107,11 @@ pub async fn ready(State(st): State<AppState>) -> Response {
     if st.shared.current().is_some() {
         Json(json!({ "ready": true })).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false }))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false })),
+        )
+            .into_response()
     }
 }
 
@@ -115,7 +134,10 @@ fn metadata_of(a: &Active) -> Value {
     })
 }
 
-pub async fn model_metadata(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn model_metadata(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
     Ok(Json(metadata_of(&model_named(&st, &name, None)?)))
 }
 
@@ -126,7 +148,10 @@ pub async fn model_metadata_v(
     Ok(Json(metadata_of(&model_named(&st, &name, Some(&version))?)))
 }
 
-pub async fn model_ready(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn model_ready(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
     model_named(&st, &name, None)?;
     Ok(Json(json!({ "name": name, "ready": true })))
 }
@@ -154,7 +179,10 @@ pub async fn repository_index(State(st): State<AppState>) -> Json<Value> {
 }
 
 pub async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see GET /v2 and /v2/models/{name}")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; see GET /v2 and /v2/models/{name}",
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -218,7 +246,13 @@ impl<'de> Visitor<'de> for FlatVisitor<'_> {
         if self.depth > MAX_NESTING {
             return Err(serde::de::Error::custom("`data` is nested too deeply"));
         }
-        while seq.next_element_seed(FlatSeed { out: &mut *self.out, depth: self.depth + 1 })?.is_some() {}
+        while seq
+            .next_element_seed(FlatSeed {
+                out: &mut *self.out,
+                depth: self.depth + 1,
+            })?
+            .is_some()
+        {}
         Ok(())
     }
 }
@@ -231,14 +265,20 @@ struct FlatSeed<'a> {
 impl<'de> DeserializeSeed<'de> for FlatSeed<'_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(FlatVisitor { out: self.out, depth: self.depth })
+        d.deserialize_any(FlatVisitor {
+            out: self.out,
+            depth: self.depth,
+        })
     }
 }
 
 impl<'de> Deserialize<'de> for Flat {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Flat, D::Error> {
         let mut out = Vec::new();
-        d.deserialize_any(FlatVisitor { out: &mut out, depth: 0 })?;
+        d.deserialize_any(FlatVisitor {
+            out: &mut out,
+            depth: 0,
+        })?;
         Ok(Flat(out))
     }
 }
@@ -261,16 +301,29 @@ impl Batch {
 }
 
 fn shape_text(s: &[i64]) -> String {
-    format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+    format!(
+        "[{}]",
+        s.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// Check a request against the served model's input spec.
-fn check_request(req: InferRequest, a: &Active, max_batch: usize) -> ApiResult<(Option<Value>, Batch)> {
+fn check_request(
+    req: InferRequest,
+    a: &Active,
+    max_batch: usize,
+) -> ApiResult<(Option<Value>, Batch)> {
     let m = &a.bundle.manifest;
     let item: Vec<i64> = a.engine.item_shape.iter().map(|&d| d as i64).collect();
     if let Some(outs) = &req.outputs {
         if let Some(o) = outs.iter().find(|o| o.name != OUTPUT_NAME) {
-            return Err(ApiError::bad(format!("outputs: `{}` is not an output; the model has `{OUTPUT_NAME}`", o.name)));
+            return Err(ApiError::bad(format!(
+                "outputs: `{}` is not an output; the model has `{OUTPUT_NAME}`",
+                o.name
+            )));
         }
     }
     let mut inputs = req.inputs;
@@ -283,7 +336,10 @@ fn check_request(req: InferRequest, a: &Active, max_batch: usize) -> ApiResult<(
     }
     let input = inputs.remove(0);
     if input.name != m.input.name {
-        return Err(ApiError::bad(format!("inputs[0].name: `{}`; the model's input is `{}`", input.name, m.input.name)));
+        return Err(ApiError::bad(format!(
+            "inputs[0].name: `{}`; the model's input is `{}`",
+            input.name, m.input.name
+        )));
     }
     if let Some(p) = &input.parameters {
         if p.contains_key("binary_data_size") {
@@ -292,14 +348,24 @@ fn check_request(req: InferRequest, a: &Active, max_batch: usize) -> ApiResult<(
     }
     let shape = &input.shape;
     if let Some(i) = shape.iter().position(|&d| d < 1) {
-        return Err(ApiError::bad(format!("inputs[0].shape[{i}]: {}; every dim must be at least 1", shape[i])));
+        return Err(ApiError::bad(format!(
+            "inputs[0].shape[{i}]: {}; every dim must be at least 1",
+            shape[i]
+        )));
     }
     let expect = |dt: &str| {
         let mut e = vec![-1i64];
         e.extend(&item);
-        let mut s = format!("inputs[0].shape: {} does not fit the model's input {} ({dt})", shape_text(shape), shape_text(&e));
+        let mut s = format!(
+            "inputs[0].shape: {} does not fit the model's input {} ({dt})",
+            shape_text(shape),
+            shape_text(&e)
+        );
         if dt == "UINT8" && item.first() == Some(&1) {
-            s.push_str(&format!(" or {}", shape_text(&[&[-1i64][..], &item[1..]].concat())));
+            s.push_str(&format!(
+                " or {}",
+                shape_text(&[&[-1i64][..], &item[1..]].concat())
+            ));
         }
         ApiError::bad(s)
     };
@@ -317,7 +383,9 @@ fn check_request(req: InferRequest, a: &Active, max_batch: usize) -> ApiResult<(
         }
     };
     if n > max_batch {
-        return Err(ApiError::bad(format!("inputs[0].shape[0]: a batch of {n}; at most {max_batch} per request")));
+        return Err(ApiError::bad(format!(
+            "inputs[0].shape[0]: a batch of {n}; at most {max_batch} per request"
+        )));
     }
     let want = n * a.engine.item_len();
     let data = input.data.0;
@@ -333,7 +401,9 @@ fn check_request(req: InferRequest, a: &Active, max_batch: usize) -> ApiResult<(
         for (i, v) in data.into_iter().enumerate() {
             let f = v as f32;
             if !f.is_finite() {
-                return Err(ApiError::bad(format!("inputs[0].data[{i}]: {v} is not a finite FP32 value")));
+                return Err(ApiError::bad(format!(
+                    "inputs[0].data[{i}]: {v} is not a finite FP32 value"
+                )));
             }
             out.push(f);
         }
@@ -342,7 +412,9 @@ fn check_request(req: InferRequest, a: &Active, max_batch: usize) -> ApiResult<(
         let mut out = Vec::with_capacity(want);
         for (i, v) in data.into_iter().enumerate() {
             if !(v.fract() == 0.0 && (0.0..=255.0).contains(&v)) {
-                return Err(ApiError::bad(format!("inputs[0].data[{i}]: {v} is not a UINT8 value (an integer 0..255)")));
+                return Err(ApiError::bad(format!(
+                    "inputs[0].data[{i}]: {v} is not a UINT8 value (an integer 0..255)"
+                )));
             }
             out.push(v as u8);
         }
@@ -362,11 +434,18 @@ pub fn run_batch(a: &Active, batch: Batch) -> Result<(Vec<f32>, usize, f64), Str
     let out = a.engine.run(input).map_err(|e| e.to_string())?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
     let classes = out.shape().get(1).copied().unwrap_or(0);
-    let logits = out.as_slice::<f32>().map_err(|e| format!("reading the logits: {e}"))?.to_vec();
+    let logits = out
+        .as_slice::<f32>()
+        .map_err(|e| format!("reading the logits: {e}"))?
+        .to_vec();
     Ok((logits, classes, ms))
 }
 
-pub async fn infer(State(st): State<AppState>, Path(name): Path<String>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn infer(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     infer_counted(st, name, None, body).await
 }
 
@@ -414,20 +493,41 @@ async fn infer_inner(
     version: Option<&str>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Value> {
-    let body = body.map_err(|r| ApiError::new(r.status(), format!("cannot read the request body: {}", r.body_text())))?;
+    let body = body.map_err(|r| {
+        ApiError::new(
+            r.status(),
+            format!("cannot read the request body: {}", r.body_text()),
+        )
+    })?;
     let active = model_named(st, name, version)?;
-    let req: InferRequest = serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("invalid infer request: {e}")))?;
+    let req: InferRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("invalid infer request: {e}")))?;
     let (id, batch) = check_request(req, &active, st.max_batch)?;
     let n = batch.len();
     let model = active.clone();
     let rx = st
         .pool
         .submit(move || run_batch(&model, batch))
-        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is busy: the request queue is full; retry later"))?;
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is busy: the request queue is full; retry later",
+            )
+        })?;
     let (logits, classes, ms) = rx
         .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the inference worker dropped the request"))?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("inference failed: {e}")))?;
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the inference worker dropped the request",
+            )
+        })?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("inference failed: {e}"),
+            )
+        })?;
     st.shared.metrics.observe_run(ms);
     let mut v = json!({
         "model_name": active.name(),
@@ -444,14 +544,20 @@ async fn infer_inner(
 // Adaptation status and metrics
 // ---------------------------------------------------------------------------
 
-pub async fn adaptation(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn adaptation(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
     // With no model yet, any name shows the (empty) status and the rejections.
     let active = st.shared.current();
     if let Some(a) = &active {
         if a.name() != name {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
-                format!("model `{name}` is not served here; this server serves `{}`", a.name()),
+                format!(
+                    "model `{name}` is not served here; this server serves `{}`",
+                    a.name()
+                ),
             ));
         }
     }
@@ -489,7 +595,9 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
     let active = st.shared.current();
     let subnet = active.as_ref().map(|a| a.engine.subnet.to_string());
     let text = st.shared.metrics.render(
-        active.as_ref().map(|a| (a.name(), a.version(), subnet.as_deref().unwrap_or(""))),
+        active
+            .as_ref()
+            .map(|a| (a.name(), a.version(), subnet.as_deref().unwrap_or(""))),
         st.pool.in_flight(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()

@@ -1,0 +1,402 @@
+//! The watched bundle directory. New files are noticed through filesystem
+//! events (inotify via `notify`) and by a periodic scan that also works where
+//! events do not (network filesystems, `watch.events: false`).
+//!
+//! A file is acted on only once complete:
+//! - it was renamed into the directory (the recommended way: write
+//!   `x.bundle.part`, then rename), or
+//! - its writer closed it after writing (an in-place copy like `cp`), or
+//! - its size and mtime have not changed for `watch.settle_s` (the fallback
+//!   when no events are seen).
+//!
+//! Dotfiles, `*.tmp`, `*.part`, `*.partial`, `*.swp`, `*~` and directories are
+//! ignored. An accepted bundle is removed from the directory (its copy lives
+//! in `state_dir`); a rejected one is moved to `rejected/` next to a
+//! `.reason` file.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::{EventKind, RecursiveMode, Watcher};
+
+use crate::service::{Outcome, Service};
+use crate::state::{rfc3339, unix_now, write_atomically};
+
+/// Where rejected bundles go, under the bundle directory.
+pub const REJECTED_DIR: &str = "rejected";
+
+/// Should a file of this name be ignored?
+pub fn ignored_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    name.starts_with('.')
+        || name.ends_with('~')
+        || [".tmp", ".part", ".partial", ".swp", ".reason"]
+            .iter()
+            .any(|s| lower.ends_with(s))
+}
+
+/// What is known about one candidate file.
+#[derive(Debug)]
+struct Seen {
+    /// Size and mtime at the last scan.
+    stat: Option<(u64, SystemTime)>,
+    /// When `stat` last changed (or the file was first seen).
+    since: Instant,
+    /// An event said the file is complete (renamed in, or closed after
+    /// writing) and no write followed.
+    complete: bool,
+}
+
+/// The directory watcher's state (no threads; [`run`] drives it).
+pub struct DirWatch {
+    dir: PathBuf,
+    settle: Duration,
+    seen: HashMap<PathBuf, Seen>,
+    /// Files that could not be moved away: (path, size, mtime) not to retry.
+    stuck: HashSet<(PathBuf, u64, SystemTime)>,
+    first_scan: bool,
+}
+
+impl DirWatch {
+    pub fn new(dir: &Path, settle: Duration) -> DirWatch {
+        DirWatch {
+            dir: dir.to_path_buf(),
+            settle,
+            seen: HashMap::new(),
+            stuck: HashSet::new(),
+            first_scan: true,
+        }
+    }
+
+    /// Is `path` a direct child of the directory with an eligible name?
+    fn eligible(&self, path: &Path) -> bool {
+        path.parent() == Some(self.dir.as_path())
+            && path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !ignored_name(n))
+    }
+
+    fn entry(&mut self, path: &Path) -> &mut Seen {
+        self.seen.entry(path.to_path_buf()).or_insert_with(|| Seen {
+            stat: None,
+            since: Instant::now(),
+            complete: false,
+        })
+    }
+
+    /// Take one filesystem event into account.
+    pub fn on_event(&mut self, event: &notify::Event) {
+        let paths = &event.paths;
+        match &event.kind {
+            EventKind::Modify(ModifyKind::Name(mode)) => {
+                let (from, to) = match mode {
+                    RenameMode::From => (paths.first(), None),
+                    RenameMode::To => (None, paths.first()),
+                    RenameMode::Both => (paths.first(), paths.get(1)),
+                    _ => match paths.first() {
+                        Some(p) if p.exists() => (None, Some(p)),
+                        p => (p, None),
+                    },
+                };
+                if let Some(p) = from {
+                    self.seen.remove(p);
+                }
+                if let Some(p) = to.filter(|p| self.eligible(p)) {
+                    log::debug!("{}: renamed in", p.display());
+                    self.entry(p).complete = true;
+                }
+            }
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+                for p in paths.iter().filter(|p| self.eligible(p)) {
+                    log::debug!("{}: closed after writing", p.display());
+                    self.entry(p).complete = true;
+                }
+            }
+            EventKind::Create(_)
+            | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any | ModifyKind::Other) => {
+                for p in paths.iter().filter(|p| self.eligible(p)) {
+                    let e = self.entry(p);
+                    e.complete = false;
+                    e.since = Instant::now();
+                }
+            }
+            EventKind::Remove(_) => {
+                for p in paths {
+                    self.seen.remove(p);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Scan the directory; returns the files that are complete now.
+    pub fn scan(&mut self) -> Vec<PathBuf> {
+        let now = Instant::now();
+        let first = std::mem::replace(&mut self.first_scan, false);
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) => {
+                log::warn!(
+                    "{}: cannot list the bundle directory: {e}",
+                    self.dir.display()
+                );
+                return Vec::new();
+            }
+        };
+        let mut present = HashSet::new();
+        let mut ready = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !self.eligible(&path) {
+                continue;
+            }
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            let stat = (meta.len(), mtime);
+            if self.stuck.contains(&(path.clone(), stat.0, stat.1)) {
+                continue;
+            }
+            present.insert(path.clone());
+            let settle = self.settle;
+            let e = self.entry(&path);
+            if e.stat != Some(stat) {
+                let was_known = e.stat.is_some();
+                e.stat = Some(stat);
+                if was_known {
+                    e.since = now;
+                }
+            }
+            // Files already there at start: complete if untouched for `settle`.
+            let old_at_start = first
+                && SystemTime::now()
+                    .duration_since(mtime)
+                    .is_ok_and(|age| age >= settle);
+            if e.complete || now.duration_since(e.since) >= settle || old_at_start {
+                ready.push(path);
+            }
+        }
+        self.seen.retain(|p, _| present.contains(p));
+        ready
+    }
+
+    /// Forget a file (after it was handled).
+    pub fn forget(&mut self, path: &Path) {
+        self.seen.remove(path);
+    }
+
+    /// Remember that a file could not be moved away, so it is not retried
+    /// until it changes.
+    pub fn mark_stuck(&mut self, path: &Path) {
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            self.stuck.insert((path.to_path_buf(), meta.len(), mtime));
+        }
+        self.seen.remove(path);
+    }
+}
+
+/// Move a rejected file to `rejected/` with a `.reason` file next to it.
+pub fn move_rejected(dir: &Path, path: &Path, reason: &str) -> std::io::Result<PathBuf> {
+    let rejected = dir.join(REJECTED_DIR);
+    std::fs::create_dir_all(&rejected)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "bundle".into());
+    let mut dest = rejected.join(&name);
+    if dest.exists() {
+        dest = rejected.join(format!("{name}.{}", unix_now()));
+    }
+    std::fs::rename(path, &dest)?;
+    let text = format!(
+        "{}\nfile: {name}\ntime: {}\nreason: {reason}\n",
+        reason,
+        rfc3339(unix_now())
+    );
+    let reason_path = PathBuf::from(format!("{}.reason", dest.display()));
+    write_atomically(&reason_path, text.as_bytes()).map_err(|e| e.source)?;
+    Ok(dest)
+}
+
+/// Handle one complete file: verify and install it, or reject it.
+fn handle(svc: &Service, watch: &mut DirWatch, path: &Path) {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = svc.config.bundle_dir.clone();
+    match svc.consider(path) {
+        Outcome::Accepted { .. } | Outcome::AlreadyInstalled => {
+            if let Err(e) = std::fs::remove_file(path) {
+                log::warn!(
+                    "{}: installed, but cannot remove it from the bundle directory: {e}",
+                    path.display()
+                );
+                watch.mark_stuck(path);
+            } else {
+                watch.forget(path);
+            }
+        }
+        Outcome::Rejected(reason) => {
+            svc.shared.reject(&name, &reason);
+            match move_rejected(&dir, path, &reason) {
+                Ok(dest) => {
+                    log::info!("moved {} to {}", path.display(), dest.display());
+                    watch.forget(path);
+                }
+                Err(e) => {
+                    log::error!("{}: cannot move it to {REJECTED_DIR}/: {e}", path.display());
+                    watch.mark_stuck(path);
+                }
+            }
+        }
+        Outcome::Gone => watch.forget(path),
+    }
+}
+
+/// Watch the bundle directory until `stop` is set (on the calling thread).
+pub fn run(svc: Arc<Service>, stop: Arc<AtomicBool>) {
+    let dir = svc.config.bundle_dir.clone();
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        log::error!("{}: cannot create the bundle directory: {e}", dir.display());
+    }
+    // Event paths are the watched path joined with the name: use one spelling.
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let w = &svc.config.watch;
+    let poll = Duration::from_secs_f64(w.poll_interval_s);
+    let mut watch = DirWatch::new(&dir, Duration::from_secs_f64(w.settle_s));
+    let (tx, rx) = std::sync::mpsc::channel::<notify::Result<notify::Event>>();
+    // Keep the watcher alive for the whole loop.
+    let _watcher = if w.events {
+        match notify::recommended_watcher(tx)
+            .and_then(|mut wt| wt.watch(&dir, RecursiveMode::NonRecursive).map(|_| wt))
+        {
+            Ok(wt) => {
+                log::info!(
+                    "watching {} (events, and a scan every {:.1} s)",
+                    dir.display(),
+                    w.poll_interval_s
+                );
+                Some(wt)
+            }
+            Err(e) => {
+                log::warn!(
+                    "{}: no filesystem events ({e}); polling every {:.1} s",
+                    dir.display(),
+                    w.poll_interval_s
+                );
+                None
+            }
+        }
+    } else {
+        log::info!(
+            "watching {} by polling every {:.1} s (events disabled)",
+            dir.display(),
+            w.poll_interval_s
+        );
+        None
+    };
+    let mut next_scan = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let wait = next_scan
+            .saturating_duration_since(Instant::now())
+            .min(poll);
+        let mut event_seen = false;
+        match rx.recv_timeout(wait) {
+            Ok(first) => {
+                let mut handle_event = |ev: notify::Result<notify::Event>| match ev {
+                    Ok(ev) => {
+                        log::trace!("event {ev:?}");
+                        watch.on_event(&ev);
+                        event_seen = true;
+                    }
+                    Err(e) => log::warn!("{}: watch error: {e}", dir.display()),
+                };
+                handle_event(first);
+                while let Ok(ev) = rx.try_recv() {
+                    handle_event(ev);
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
+        }
+        if event_seen || Instant::now() >= next_scan {
+            for path in watch.scan() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                handle(&svc, &mut watch, &path);
+            }
+            if Instant::now() >= next_scan {
+                next_scan = Instant::now() + poll;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_are_ignored() {
+        for n in [
+            ".x",
+            "a.tmp",
+            "a.part",
+            "a.PART",
+            "a~",
+            "a.swp",
+            "a.partial",
+            "x.bundle.reason",
+        ] {
+            assert!(ignored_name(n), "{n}");
+        }
+        for n in ["a.bundle", "model-v3", "x.tar"] {
+            assert!(!ignored_name(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn a_growing_file_is_not_ready_until_it_settles_or_closes() {
+        let dir = std::env::temp_dir().join(format!("adaptived-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("a.bundle");
+        std::fs::write(&f, b"half").unwrap();
+        let mut w = DirWatch::new(&dir, Duration::from_millis(300));
+        w.first_scan = false;
+        assert!(w.scan().is_empty());
+        std::fs::write(&f, b"half and more").unwrap();
+        assert!(w.scan().is_empty());
+        // A close-after-write event makes it complete at once.
+        let ev = notify::Event::new(EventKind::Access(AccessKind::Close(AccessMode::Write)))
+            .add_path(f.clone());
+        w.on_event(&ev);
+        assert_eq!(w.scan(), vec![f.clone()]);
+        // A new write resets that; then it settles by time.
+        let ev = notify::Event::new(EventKind::Modify(ModifyKind::Data(
+            notify::event::DataChange::Any,
+        )))
+        .add_path(f.clone());
+        w.on_event(&ev);
+        assert!(w.scan().is_empty());
+        std::thread::sleep(Duration::from_millis(350));
+        assert_eq!(w.scan(), vec![f.clone()]);
+        // Ignored names never are.
+        std::fs::write(dir.join("b.part"), b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(350));
+        assert_eq!(w.scan(), vec![f]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
