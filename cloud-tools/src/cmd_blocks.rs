@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use adaptivenet_onnx::oracle::PartSummary;
-use adaptivenet_onnx::Oracle;
+use adaptivenet_onnx::{LayoutSummary, Oracle};
 use anyhow::Result;
 use clap::Args;
 
@@ -30,6 +30,12 @@ pub fn run(args: &BlocksArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());
     }
+    print_summary(&summary);
+    Ok(())
+}
+
+/// Print the split as a table.
+pub fn print_summary(summary: &LayoutSummary) {
     let mut table = Table::new(&[
         "part",
         "input -> output",
@@ -80,5 +86,4 @@ pub fn run(args: &BlocksArgs) -> Result<()> {
         total_macs
     );
     print!("{}", table.render());
-    Ok(())
 }

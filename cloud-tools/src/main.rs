@@ -3,6 +3,7 @@
 
 mod cmd_blocks;
 mod cmd_bundle;
+mod elastify;
 #[allow(dead_code)]
 mod interp;
 mod table;
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     /// Print the stem, blocks and head that the model splits into.
     Blocks(cmd_blocks::BlocksArgs),
+    /// Build, train and sign a supernet bundle from a pretrained ONNX model.
+    Elastify(elastify::ElastifyArgs),
     /// Make a minisign key pair (NAME.key unencrypted, NAME.pub) for signing bundles.
     Keygen(cmd_bundle::KeygenArgs),
     /// Sign a bundle's manifest (replaces manifest.sig).
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Blocks(args) => cmd_blocks::run(&args),
+        Command::Elastify(args) => elastify::run(&args),
         Command::Keygen(args) => cmd_bundle::keygen(&args),
         Command::Sign(args) => cmd_bundle::sign(&args),
         Command::Verify(args) => cmd_bundle::verify(&args),

@@ -118,7 +118,8 @@ impl Serialize for Listen {
 impl<'de> Deserialize<'de> for Listen {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        s.parse()
+            .map_err(|e| serde::de::Error::custom(format!("listen: {e}")))
     }
 }
 

@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod search;
 pub mod search_api;
 pub mod server;
 pub mod service;

@@ -52,6 +52,8 @@ enum Cmd {
     Serve,
     /// Validate the config and print the effective config as YAML.
     CheckConfig,
+    /// Search a bundle's best subnets for this device on local data.
+    Search(adaptivenet_daemon::search::cli::SearchArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +61,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Cmd::CheckConfig) => check_config(&cli),
+        Some(Cmd::Search(ref args)) => {
+            adaptivenet_daemon::search::cli::run(args, cli.state_dir.clone())
+        }
         Some(Cmd::Serve) | None => serve(&cli),
     };
     match result {

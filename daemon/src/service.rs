@@ -182,7 +182,7 @@ impl Service {
         self.shared.promote(
             Active {
                 bundle,
-                engine,
+                engine: Arc::new(engine),
                 result,
                 since: unix_now(),
             },
@@ -272,7 +272,7 @@ impl Service {
                 self.shared.promote(
                     Active {
                         bundle: bundle.clone(),
-                        engine: oracle_engine,
+                        engine: Arc::new(oracle_engine),
                         result: None,
                         since: unix_now(),
                     },
@@ -359,6 +359,11 @@ impl Service {
                     "search done: chose `{}` for a budget of {:.3} ms",
                     result.chosen, result.budget_ms
                 );
+                // Already serving the chosen subnet of this bundle: no swap.
+                if self.shared.update_result(&sha, result.clone()) {
+                    log::info!("already serving `{}`; no swap needed", result.chosen);
+                    return;
+                }
                 if let Err(e) = self.activate(bundle, Some(result), &reason) {
                     log::error!("{e}");
                 }

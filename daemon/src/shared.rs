@@ -22,7 +22,7 @@ pub const HISTORY: usize = 50;
 #[derive(Debug)]
 pub struct Active {
     pub bundle: Arc<Bundle>,
-    pub engine: Engine,
+    pub engine: Arc<Engine>,
     /// The search result, when the search has run (or was restored).
     pub result: Option<SearchResult>,
     /// Unix time it started serving.
@@ -145,6 +145,25 @@ impl Shared {
         while h.swaps.len() > HISTORY {
             h.swaps.pop_front();
         }
+    }
+
+    /// Attach a (new) search result to the model serving now without
+    /// changing what runs (the chosen subnet is the one being served).
+    pub fn update_result(&self, bundle_sha256: &str, result: SearchResult) -> bool {
+        let Some(cur) = self.current() else {
+            return false;
+        };
+        if cur.bundle.sha256 != bundle_sha256 || cur.engine.subnet != result.chosen {
+            return false;
+        }
+        let next = Active {
+            bundle: cur.bundle.clone(),
+            engine: cur.engine.clone(),
+            result: Some(result),
+            since: cur.since,
+        };
+        self.active.store(Some(Arc::new(next)));
+        true
     }
 
     /// Record a rejected bundle.

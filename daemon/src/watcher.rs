@@ -112,14 +112,16 @@ impl DirWatch {
                 }
             }
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
-                for p in paths.iter().filter(|p| self.eligible(p)) {
+                let ps: Vec<PathBuf> = paths.iter().filter(|p| self.eligible(p)).cloned().collect();
+                for p in &ps {
                     log::debug!("{}: closed after writing", p.display());
                     self.entry(p).complete = true;
                 }
             }
             EventKind::Create(_)
             | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any | ModifyKind::Other) => {
-                for p in paths.iter().filter(|p| self.eligible(p)) {
+                let ps: Vec<PathBuf> = paths.iter().filter(|p| self.eligible(p)).cloned().collect();
+                for p in &ps {
                     let e = self.entry(p);
                     e.complete = false;
                     e.since = Instant::now();

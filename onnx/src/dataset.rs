@@ -13,6 +13,7 @@ use crate::npy::read_npy;
 /// Per-channel normalisation applied to raw pixels in [0, 255]:
 /// `(x / 255 - mean) / std`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Preprocess {
     pub mean: Vec<f32>,
     pub std: Vec<f32>,

@@ -118,3 +118,18 @@ impl ChainedPlans {
         Ok(x)
     }
 }
+
+impl ChainedPlans {
+    /// Run the chain and keep every plan's output (for the oracle path: the
+    /// cut tensors c_0..c_N and then the logits).
+    pub fn run_collect(&self, input: Tensor) -> Result<Vec<Tensor>> {
+        let mut outs = Vec::with_capacity(self.plans.len());
+        let mut x = input;
+        for p in &self.plans {
+            let y = p.run(x)?;
+            outs.push(y.clone());
+            x = y;
+        }
+        Ok(outs)
+    }
+}

@@ -15,7 +15,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
 use super::AppState;
@@ -138,14 +138,16 @@ pub async fn model_metadata(
     State(st): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(metadata_of(&model_named(&st, &name, None)?)))
+    let a = model_named(&st, &name, None)?;
+    Ok(Json(metadata_of(&a)))
 }
 
 pub async fn model_metadata_v(
     State(st): State<AppState>,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(metadata_of(&model_named(&st, &name, Some(&version))?)))
+    let a = model_named(&st, &name, Some(&version))?;
+    Ok(Json(metadata_of(&a)))
 }
 
 pub async fn model_ready(
@@ -434,10 +436,12 @@ pub fn run_batch(a: &Active, batch: Batch) -> Result<(Vec<f32>, usize, f64), Str
     let out = a.engine.run(input).map_err(|e| e.to_string())?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
     let classes = out.shape().get(1).copied().unwrap_or(0);
-    let logits = out
-        .as_slice::<f32>()
+    let logits: Vec<f32> = out
+        .to_plain_array_view::<f32>()
         .map_err(|e| format!("reading the logits: {e}"))?
-        .to_vec();
+        .iter()
+        .copied()
+        .collect();
     Ok((logits, classes, ms))
 }
 
@@ -492,7 +496,7 @@ async fn infer_inner(
     name: &str,
     version: Option<&str>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Value> {
+) -> ApiResult<InferResponse> {
     let body = body.map_err(|r| {
         ApiError::new(
             r.status(),
@@ -529,15 +533,35 @@ async fn infer_inner(
             )
         })?;
     st.shared.metrics.observe_run(ms);
-    let mut v = json!({
-        "model_name": active.name(),
-        "model_version": active.version().to_string(),
-        "outputs": [{ "name": OUTPUT_NAME, "datatype": "FP32", "shape": [n, classes], "data": logits }],
-    });
-    if let Some(id) = id {
-        v["id"] = id;
-    }
-    Ok(v)
+    Ok(InferResponse {
+        model_name: active.name().to_string(),
+        model_version: active.version().to_string(),
+        id,
+        outputs: vec![OutputTensor {
+            name: OUTPUT_NAME,
+            datatype: "FP32",
+            shape: [n, classes],
+            data: logits,
+        }],
+    })
+}
+
+/// The v2 infer response (FP32 data serialised in its shortest exact form).
+#[derive(Serialize)]
+pub struct InferResponse {
+    model_name: String,
+    model_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<Value>,
+    outputs: Vec<OutputTensor>,
+}
+
+#[derive(Serialize)]
+struct OutputTensor {
+    name: &'static str,
+    datatype: &'static str,
+    shape: [usize; 2],
+    data: Vec<f32>,
 }
 
 // ---------------------------------------------------------------------------

@@ -349,13 +349,8 @@ pub struct InputSpec {
     pub labels: Vec<String>,
 }
 
-/// Per-channel normalisation: `(x - mean) / std`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Preprocess {
-    pub mean: Vec<f32>,
-    pub std: Vec<f32>,
-}
+/// Per-channel normalisation of raw pixels: `(x / 255 - mean) / std`.
+pub use crate::dataset::Preprocess;
 
 /// The model output.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

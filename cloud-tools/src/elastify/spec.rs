@@ -1,0 +1,129 @@
+//! `elastify.yaml`: which branches to build, how to train them, and what the
+//! bundle says about the model. Every key has a default
+//! (`adaptivenet elastify --print-default-spec`); an unknown key is an error.
+
+use std::path::Path;
+
+use adaptivenet_onnx::supernet::BranchSpec;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ElastifySpec {
+    pub model: ModelSpec,
+    pub branches: BranchSpec,
+    pub training: TrainingSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSpec {
+    /// Model name in the manifest (default: the oracle file's stem).
+    pub name: Option<String>,
+    /// Monotonically increasing bundle version.
+    pub version: u64,
+    /// Device class the bundle is for.
+    pub compatible: String,
+    /// Class names, in output order.
+    pub labels: Vec<String>,
+    /// Input normalisation of raw pixels: (x / 255 - mean) / std, per channel.
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        ModelSpec {
+            name: None,
+            version: 1,
+            compatible: "generic-cpu".into(),
+            labels: vec![],
+            mean: vec![0.0],
+            std: vec![1.0],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingSpec {
+    /// Seed for shuffling, subnet sampling and re-created layers.
+    pub seed: u64,
+    /// Samples per training step.
+    pub batch_size: usize,
+    /// Samples held out of training to measure each branch's distillation loss.
+    pub holdout: usize,
+    pub stage1: Stage1Spec,
+    pub stage2: Stage2Spec,
+}
+
+impl Default for TrainingSpec {
+    fn default() -> Self {
+        TrainingSpec {
+            seed: 0,
+            batch_size: 64,
+            holdout: 512,
+            stage1: Stage1Spec::default(),
+            stage2: Stage2Spec::default(),
+        }
+    }
+}
+
+/// Stage 1: branch-wise distillation (MSE on the cut tensor c_j).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Stage1Spec {
+    /// Training samples each branch sees (0 skips the stage).
+    pub samples: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for Stage1Spec {
+    fn default() -> Self {
+        Stage1Spec {
+            samples: 6144,
+            learning_rate: 1e-3,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+/// Stage 2: fine-tuning sampled subnets on the oracle's logits and labels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Stage2Spec {
+    /// Optimiser steps (0 skips the stage).
+    pub steps: usize,
+    pub learning_rate: f64,
+    /// Distillation temperature.
+    pub temperature: f64,
+    /// Weight of the label loss (the rest goes to distillation); unused without labels.
+    pub label_weight: f64,
+    /// Probability of taking a new branch at each cut when sampling a subnet.
+    pub new_branch_prob: f64,
+}
+
+impl Default for Stage2Spec {
+    fn default() -> Self {
+        Stage2Spec {
+            steps: 300,
+            learning_rate: 5e-4,
+            temperature: 4.0,
+            label_weight: 0.5,
+            new_branch_prob: 0.5,
+        }
+    }
+}
+
+impl ElastifySpec {
+    pub fn load(path: &Path) -> Result<ElastifySpec> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+        yaml_serde::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    pub fn default_yaml() -> Result<String> {
+        Ok(yaml_serde::to_string(&ElastifySpec::default())?)
+    }
+}

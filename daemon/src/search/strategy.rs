@@ -1,0 +1,517 @@
+//! Search strategies. Predicted latency is cheap (a sum over the latency
+//! table), accuracy is the cost: every strategy spends an evaluation budget
+//! (distinct subnets evaluated) and returns every evaluated point and the
+//! Pareto front.
+//!
+//! - **exhaustive**: every subnet of the space, as one prefix tree over all
+//!   the data; used by `auto` when the space fits the evaluation budget.
+//! - **evolutionary** (the paper's): a population (default 100) seeded
+//!   across the latency range from the latency table; each generation the
+//!   top 25% by latency-aware fitness (non-dominated rank on predicted
+//!   latency and accuracy, then crowding distance so the whole front is kept
+//!   covered) become parents; children come from crossover at a cut both
+//!   parents pass through and from per-position mutation (probability 0.1);
+//!   a child already evaluated is redrawn. Each generation is evaluated as
+//!   one prefix tree. With `screen_images` below the data size, a two-rung
+//!   successive halving is used: generations are scored on the first
+//!   `screen_images` images, and the points near the front are then
+//!   finished on the rest; the front is built from finished points only.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use adaptivenet_onnx::bundle::{BranchId, SubnetId};
+use anyhow::{anyhow, Result};
+use serde::{Deserialize, Serialize};
+
+use super::accuracy::{Evaluator, Score};
+use super::front::{pareto_front, ranks, Point};
+use super::latency::LatencyLookup;
+use super::{Rng, Supernet};
+
+/// Which strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StrategyKind {
+    /// Exhaustive when the space fits `max_evals`, else evolutionary.
+    Auto,
+    Exhaustive,
+    Evolutionary,
+}
+
+/// Search parameters (defaults: the paper's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchParams {
+    pub strategy: StrategyKind,
+    pub population: usize,
+    /// Fraction of the population kept as parents.
+    pub parents: f64,
+    /// Per-position mutation probability.
+    pub mutation: f64,
+    /// Probability that a child comes from crossover (then mutation).
+    pub crossover: f64,
+    pub generations: usize,
+    /// Most distinct subnets evaluated (on the screening images).
+    pub max_evals: usize,
+    /// Images for screening generations (successive halving); 0 or >= the
+    /// data size: every generation on all the data.
+    pub screen_images: usize,
+    /// Screened points within this accuracy of the screened front are finished.
+    pub finish_margin: f64,
+    /// At most this many points are finished.
+    pub max_finish: usize,
+    /// Stop starting new generations after this many seconds (0: no limit).
+    pub time_limit_s: f64,
+    pub seed: u64,
+}
+
+impl Default for SearchParams {
+    fn default() -> Self {
+        SearchParams {
+            strategy: StrategyKind::Auto,
+            population: 100,
+            parents: 0.25,
+            mutation: 0.1,
+            crossover: 0.5,
+            generations: 10,
+            max_evals: 1000,
+            screen_images: 500,
+            finish_margin: 0.02,
+            max_finish: 60,
+            time_limit_s: 0.0,
+            seed: 1,
+        }
+    }
+}
+
+/// What a strategy returns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    /// `exhaustive` or `evolutionary (...)`.
+    pub method: String,
+    /// Every evaluated subnet (`images` says on how many images).
+    pub points: Vec<Point>,
+    /// The Pareto front, by increasing predicted latency (points evaluated
+    /// on all the data only).
+    pub front: Vec<Point>,
+    /// Distinct subnets evaluated.
+    pub evaluations: usize,
+    pub generations: usize,
+    /// Part runs per batch, with the prefix tree and one subnet at a time,
+    /// summed over every evaluation call.
+    pub tree_runs: usize,
+    pub naive_runs: usize,
+    pub seconds: f64,
+}
+
+/// A random path: a uniformly chosen usable branch at each cut.
+pub fn random_subnet(net: &Supernet, rng: &mut Rng) -> SubnetId {
+    let mut at = 0;
+    let mut path = Vec::new();
+    while at < net.num_blocks() {
+        let opts = &net.by_cut[at];
+        let b = opts[rng.below(opts.len())];
+        path.push(b);
+        at = b.to_cut();
+    }
+    SubnetId(path)
+}
+
+/// The subnet of least predicted latency (shortest path over the table).
+pub fn fastest_subnet(net: &Supernet, look: &LatencyLookup) -> SubnetId {
+    let n = net.num_blocks();
+    let mut best: Vec<(f64, Option<BranchId>)> = vec![(f64::INFINITY, None); n + 1];
+    best[0].0 = 0.0;
+    for at in 0..n {
+        if !best[at].0.is_finite() {
+            continue;
+        }
+        for b in &net.by_cut[at] {
+            let c = best[at].0 + look.branch(b);
+            if c < best[b.to_cut()].0 {
+                best[b.to_cut()] = (c, Some(*b));
+            }
+        }
+    }
+    let mut path = Vec::new();
+    let mut at = n;
+    while at > 0 {
+        let b = best[at]
+            .1
+            .expect("every cut is reachable through originals");
+        path.push(b);
+        at = b.from_cut();
+    }
+    path.reverse();
+    SubnetId(path)
+}
+
+/// Per-position mutation: at each cut of the path, with probability `p`, a
+/// random other branch; where the path then no longer lines up with the
+/// parent, random branches until it does.
+pub fn mutate(net: &Supernet, s: &SubnetId, p: f64, rng: &mut Rng) -> SubnetId {
+    let starts: HashMap<usize, BranchId> =
+        s.branches().iter().map(|b| (b.from_cut(), *b)).collect();
+    let mut at = 0;
+    let mut path = Vec::new();
+    while at < net.num_blocks() {
+        let opts = &net.by_cut[at];
+        let b = match starts.get(&at) {
+            Some(&keep) if rng.unit() >= p || opts.len() == 1 => keep,
+            Some(&old) => {
+                let others: Vec<BranchId> = opts.iter().copied().filter(|o| *o != old).collect();
+                others[rng.below(others.len())]
+            }
+            None => opts[rng.below(opts.len())],
+        };
+        path.push(b);
+        at = b.to_cut();
+    }
+    SubnetId(path)
+}
+
+/// One-point crossover at a cut both parents pass through: `a` up to the
+/// cut, `b` after it (`a` itself if they share no inner cut).
+pub fn crossover(a: &SubnetId, b: &SubnetId, rng: &mut Rng) -> SubnetId {
+    let ca: HashSet<usize> = a.branches().iter().map(|x| x.to_cut()).collect();
+    let common: Vec<usize> = b
+        .branches()
+        .iter()
+        .map(|x| x.from_cut())
+        .filter(|c| *c > 0 && ca.contains(c))
+        .collect();
+    if common.is_empty() {
+        return a.clone();
+    }
+    let cut = common[rng.below(common.len())];
+    let mut path: Vec<BranchId> = a
+        .branches()
+        .iter()
+        .copied()
+        .take_while(|x| x.to_cut() <= cut)
+        .collect();
+    path.extend(b.branches().iter().copied().filter(|x| x.from_cut() >= cut));
+    SubnetId(path)
+}
+
+/// NSGA-II crowding distance of `idx` (points of one rank) along latency.
+fn crowding(points: &[Point], idx: &[usize]) -> HashMap<usize, f64> {
+    let mut d: HashMap<usize, f64> = idx.iter().map(|&i| (i, 0.0)).collect();
+    if idx.len() <= 2 {
+        for &i in idx {
+            d.insert(i, f64::INFINITY);
+        }
+        return d;
+    }
+    for key in [0, 1] {
+        let val = |i: usize| {
+            if key == 0 {
+                points[i].predicted_ms
+            } else {
+                points[i].accuracy
+            }
+        };
+        let mut o = idx.to_vec();
+        o.sort_by(|&a, &b| val(a).total_cmp(&val(b)));
+        let span = (val(o[o.len() - 1]) - val(o[0])).max(1e-12);
+        d.insert(o[0], f64::INFINITY);
+        d.insert(o[o.len() - 1], f64::INFINITY);
+        for k in 1..o.len() - 1 {
+            *d.get_mut(&o[k]).unwrap() += (val(o[k + 1]) - val(o[k - 1])) / span;
+        }
+    }
+    d
+}
+
+/// The best `k` of `points` by latency-aware fitness: non-dominated rank,
+/// then crowding distance.
+pub fn select(points: &[Point], k: usize) -> Vec<usize> {
+    let r = ranks(points);
+    let mut out = Vec::new();
+    let mut rank = 0;
+    while out.len() < k && out.len() < points.len() {
+        let layer: Vec<usize> = (0..points.len()).filter(|&i| r[i] == rank).collect();
+        if layer.is_empty() {
+            rank += 1;
+            if rank > points.len() {
+                break;
+            }
+            continue;
+        }
+        if out.len() + layer.len() <= k {
+            out.extend(layer);
+        } else {
+            let c = crowding(points, &layer);
+            let mut l = layer;
+            l.sort_by(|a, b| c[b].total_cmp(&c[a]));
+            out.extend(l.into_iter().take(k - out.len()));
+        }
+        rank += 1;
+    }
+    out
+}
+
+/// Book-keeping shared by the strategies.
+struct Archive<'a> {
+    ev: &'a Evaluator,
+    look: &'a LatencyLookup,
+    scores: HashMap<SubnetId, Score>,
+    order: Vec<SubnetId>,
+    tree_runs: usize,
+    naive_runs: usize,
+}
+
+impl<'a> Archive<'a> {
+    fn eval(&mut self, subnets: &[SubnetId], batches: std::ops::Range<usize>) -> Result<()> {
+        if subnets.is_empty() || batches.is_empty() {
+            return Ok(());
+        }
+        let w = Evaluator::work(subnets);
+        self.tree_runs += w.tree * batches.len();
+        self.naive_runs += w.naive * batches.len();
+        let scores = self.ev.evaluate(subnets, batches)?;
+        for (s, sc) in subnets.iter().zip(scores) {
+            match self.scores.get_mut(s) {
+                Some(old) => old.add(sc),
+                None => {
+                    self.scores.insert(s.clone(), sc);
+                    self.order.push(s.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+    fn point(&self, s: &SubnetId) -> Point {
+        let sc = self.scores[s];
+        Point {
+            subnet: s.clone(),
+            predicted_ms: self.look.predict(s),
+            accuracy: sc.accuracy(),
+            images: sc.seen,
+        }
+    }
+    fn points(&self) -> Vec<Point> {
+        self.order.iter().map(|s| self.point(s)).collect()
+    }
+}
+
+/// Run the configured strategy.
+pub fn search(
+    net: &Supernet,
+    look: &LatencyLookup,
+    ev: &Evaluator,
+    params: &SearchParams,
+) -> Result<Outcome> {
+    let count = net.count_subnets();
+    let kind = match params.strategy {
+        StrategyKind::Auto if count <= params.max_evals as u128 => StrategyKind::Exhaustive,
+        StrategyKind::Auto => StrategyKind::Evolutionary,
+        k => k,
+    };
+    match kind {
+        StrategyKind::Exhaustive => {
+            if count > 200_000 {
+                return Err(anyhow!(
+                    "the space has {count} subnets: too many to evaluate exhaustively"
+                ));
+            }
+            exhaustive(net, look, ev)
+        }
+        _ => evolutionary(net, look, ev, params),
+    }
+}
+
+/// Every subnet of the space on all the data.
+pub fn exhaustive(net: &Supernet, look: &LatencyLookup, ev: &Evaluator) -> Result<Outcome> {
+    let t = Instant::now();
+    let all = net.enumerate();
+    let mut ar = Archive {
+        ev,
+        look,
+        scores: HashMap::new(),
+        order: Vec::new(),
+        tree_runs: 0,
+        naive_runs: 0,
+    };
+    ar.eval(&all, 0..ev.batches())?;
+    let points = ar.points();
+    let front = pareto_front(&points)
+        .iter()
+        .map(|&i| points[i].clone())
+        .collect();
+    Ok(Outcome {
+        method: "exhaustive".into(),
+        evaluations: points.len(),
+        points,
+        front,
+        generations: 0,
+        tree_runs: ar.tree_runs,
+        naive_runs: ar.naive_runs,
+        seconds: t.elapsed().as_secs_f64(),
+    })
+}
+
+/// The initial population: the oracle, the fastest subnet, and random
+/// subnets spread evenly over the predicted latency range.
+fn seed_population(net: &Supernet, look: &LatencyLookup, n: usize, rng: &mut Rng) -> Vec<SubnetId> {
+    let mut pop = vec![net.oracle(), fastest_subnet(net, look)];
+    let mut seen: HashSet<SubnetId> = pop.iter().cloned().collect();
+    let mut pool: Vec<(f64, SubnetId)> = Vec::new();
+    for _ in 0..n.saturating_mul(20).max(100) {
+        let s = random_subnet(net, rng);
+        if seen.insert(s.clone()) {
+            pool.push((look.predict(&s), s));
+        }
+    }
+    pool.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let want = n.saturating_sub(pop.len());
+    if want > 0 && !pool.is_empty() {
+        let step = pool.len() as f64 / want as f64;
+        let mut taken = HashSet::new();
+        for k in 0..want {
+            let i = ((k as f64 + rng.unit()) * step) as usize;
+            let i = i.min(pool.len() - 1);
+            if taken.insert(i) {
+                pop.push(pool[i].1.clone());
+            }
+        }
+    }
+    pop.truncate(n.max(2));
+    pop
+}
+
+/// The paper's evolutionary search (see the module doc).
+pub fn evolutionary(
+    net: &Supernet,
+    look: &LatencyLookup,
+    ev: &Evaluator,
+    params: &SearchParams,
+) -> Result<Outcome> {
+    let t = Instant::now();
+    let mut rng = Rng::new(params.seed);
+    let all_batches = ev.batches();
+    let screen = if params.screen_images == 0 {
+        all_batches
+    } else {
+        params
+            .screen_images
+            .div_ceil(ev.batch_size())
+            .clamp(1, all_batches)
+    };
+    let mut ar = Archive {
+        ev,
+        look,
+        scores: HashMap::new(),
+        order: Vec::new(),
+        tree_runs: 0,
+        naive_runs: 0,
+    };
+    let pop_size = params.population.max(2);
+    let n_parents = ((pop_size as f64 * params.parents).round() as usize).max(2);
+    let mut population = seed_population(net, look, pop_size, &mut rng);
+    population.truncate(params.max_evals.max(2));
+    ar.eval(&population, 0..screen)?;
+    let mut generations = 1;
+    let mut parents: Vec<SubnetId> = Vec::new();
+    while generations < params.generations.max(1) {
+        if ar.order.len() >= params.max_evals
+            || (params.time_limit_s > 0.0 && t.elapsed().as_secs_f64() > params.time_limit_s)
+        {
+            break;
+        }
+        // elitist selection over this generation and the previous parents
+        let mut pool: Vec<SubnetId> = population.clone();
+        for p in &parents {
+            if !pool.contains(p) {
+                pool.push(p.clone());
+            }
+        }
+        let pts: Vec<Point> = pool.iter().map(|s| ar.point(s)).collect();
+        parents = select(&pts, n_parents)
+            .into_iter()
+            .map(|i| pool[i].clone())
+            .collect();
+        let budget_left = params.max_evals - ar.order.len();
+        let want = pop_size.min(budget_left);
+        let mut children: Vec<SubnetId> = Vec::new();
+        let mut fresh: HashSet<SubnetId> = HashSet::new();
+        let mut tries = 0;
+        while children.len() < want && tries < want * 50 {
+            tries += 1;
+            let a = &parents[rng.below(parents.len())];
+            let child = if rng.unit() < params.crossover && parents.len() > 1 {
+                let b = &parents[rng.below(parents.len())];
+                mutate(net, &crossover(a, b, &mut rng), params.mutation, &mut rng)
+            } else {
+                mutate(net, a, params.mutation, &mut rng)
+            };
+            if !ar.scores.contains_key(&child) && fresh.insert(child.clone()) {
+                children.push(child);
+            }
+        }
+        if children.is_empty() {
+            break;
+        }
+        ar.eval(&children, 0..screen)?;
+        // the next generation: children plus the parents (elitism)
+        population = children;
+        population.extend(parents.iter().cloned());
+        generations += 1;
+    }
+    // second rung: finish the points near the screened front on the rest
+    let mut finished: Vec<SubnetId> = Vec::new();
+    if screen < all_batches {
+        let pts = ar.points();
+        let mut near: Vec<(f64, usize)> = Vec::new();
+        let mut by_lat: Vec<usize> = (0..pts.len()).collect();
+        by_lat.sort_by(|&a, &b| pts[a].predicted_ms.total_cmp(&pts[b].predicted_ms));
+        let mut best = f64::NEG_INFINITY;
+        for &i in &by_lat {
+            best = best.max(pts[i].accuracy);
+            let gap = best - pts[i].accuracy;
+            if gap <= params.finish_margin {
+                near.push((gap, i));
+            }
+        }
+        near.sort_by(|a, b| a.0.total_cmp(&b.0));
+        finished = near
+            .into_iter()
+            .take(params.max_finish.max(1))
+            .map(|(_, i)| pts[i].subnet.clone())
+            .collect();
+        if !finished.contains(&net.oracle()) {
+            finished.push(net.oracle());
+        }
+        ar.eval(&finished, screen..all_batches)?;
+    }
+    let points = ar.points();
+    let full = ev.items(0..all_batches) as u64;
+    let complete: Vec<Point> = points
+        .iter()
+        .filter(|p| p.images == full)
+        .cloned()
+        .collect();
+    let front = pareto_front(&complete)
+        .iter()
+        .map(|&i| complete[i].clone())
+        .collect();
+    let method = if screen < all_batches {
+        format!(
+            "evolutionary (population {pop_size}, {generations} generations, screened on {} images, {} finished on {full})",
+            ev.items(0..screen),
+            finished.len()
+        )
+    } else {
+        format!("evolutionary (population {pop_size}, {generations} generations)")
+    };
+    Ok(Outcome {
+        method,
+        evaluations: points.len(),
+        points,
+        front,
+        generations,
+        tree_runs: ar.tree_runs,
+        naive_runs: ar.naive_runs,
+        seconds: t.elapsed().as_secs_f64(),
+    })
+}
