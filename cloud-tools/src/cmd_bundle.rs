@@ -55,6 +55,10 @@ pub struct InspectArgs {
     /// Print the manifest as one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Measure top-1 of the oracle path, every single-branch subnet and the
+    /// fastest subnet on labelled data (idx:/npy:/folder: source).
+    #[arg(long)]
+    pub eval: Option<String>,
 }
 
 /// A secret key and its public key, as the minisign crate holds them.
@@ -316,6 +320,9 @@ fn list(v: &[f32]) -> String {
 pub fn inspect(args: &InspectArgs) -> Result<()> {
     let b = Bundle::open(&args.bundle, &[], true)?;
     let m = &b.manifest;
+    if let Some(source) = &args.eval {
+        return crate::cmd_subnet::eval_table(&b, source);
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(m)?);
         return Ok(());

@@ -3,6 +3,7 @@
 
 mod cmd_blocks;
 mod cmd_bundle;
+mod cmd_subnet;
 mod elastify;
 #[allow(dead_code)]
 mod interp;
@@ -29,6 +30,8 @@ enum Command {
     Blocks(cmd_blocks::BlocksArgs),
     /// Build, train and sign a supernet bundle from a pretrained ONNX model.
     Elastify(elastify::ElastifyArgs),
+    /// Write one subnet of a bundle as a standalone ONNX model.
+    ExportSubnet(cmd_subnet::ExportSubnetArgs),
     /// Make a minisign key pair (NAME.key unencrypted, NAME.pub) for signing bundles.
     Keygen(cmd_bundle::KeygenArgs),
     /// Sign a bundle's manifest (replaces manifest.sig).
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Blocks(args) => cmd_blocks::run(&args),
         Command::Elastify(args) => elastify::run(&args),
+        Command::ExportSubnet(args) => cmd_subnet::export_subnet(&args),
         Command::Keygen(args) => cmd_bundle::keygen(&args),
         Command::Sign(args) => cmd_bundle::sign(&args),
         Command::Verify(args) => cmd_bundle::verify(&args),

@@ -248,3 +248,94 @@ impl Engine {
         Ok(times[times.len() / 2])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use adaptivenet_onnx::bundle::{
+        batch_shape, Branch, BranchKind, Cut, InputSpec, ModelInfo, OutputSpec, Preprocess,
+    };
+
+    use super::*;
+
+    fn manifest() -> Manifest {
+        let cut = |i: usize| Cut {
+            index: i,
+            tensor: format!("c{i}"),
+            shape: batch_shape("N", &[8, 4, 4]),
+        };
+        let mut branches: Vec<Branch> = (0..3)
+            .map(|b| Branch::original(b, format!("c{}", b + 1), 100, 10))
+            .collect();
+        branches.push(Branch {
+            id: "m0x2".parse().unwrap(),
+            from: 0,
+            to: 2,
+            kind: BranchKind::Merge,
+            params: BTreeMap::new(),
+            tensor: "branch_m0x2".into(),
+            macs: 120,
+            param_count: 12,
+            distill_loss: Some(0.01),
+        });
+        Manifest {
+            format_version: 1,
+            model: ModelInfo {
+                name: "toy".into(),
+                version: 3,
+            },
+            compatible: "generic-cpu".into(),
+            input: InputSpec {
+                name: "x".into(),
+                shape: batch_shape("N", &[1, 4, 4]),
+                dtype: "float".into(),
+                layout: "NCHW".into(),
+                preprocess: Preprocess {
+                    mean: vec![0.5],
+                    std: vec![0.25],
+                },
+                labels: vec![],
+            },
+            output: OutputSpec { name: "y".into() },
+            cuts: (0..4).map(cut).collect(),
+            branches,
+            files: BTreeMap::new(),
+            created_by: None,
+        }
+    }
+
+    fn spans(p: &[Span]) -> Vec<(String, String)> {
+        p.iter().map(|s| (s.from.clone(), s.to.clone())).collect()
+    }
+
+    #[test]
+    fn subnet_paths_run_stem_branches_head() {
+        let m = manifest();
+        let p = subnet_path(&m, &m.oracle_subnet()).unwrap();
+        let want = [
+            ("x", "c0"),
+            ("c0", "c1"),
+            ("c1", "c2"),
+            ("c2", "c3"),
+            ("c3", "y"),
+        ];
+        assert_eq!(spans(&p), want.map(|(a, b)| (a.to_string(), b.to_string())));
+        let p = subnet_path(&m, &"m0x2 b2".parse().unwrap()).unwrap();
+        let want = [
+            ("x", "c0"),
+            ("c0", "branch_m0x2"),
+            ("c2", "c3"),
+            ("c3", "y"),
+        ];
+        assert_eq!(spans(&p), want.map(|(a, b)| (a.to_string(), b.to_string())));
+        let e = subnet_path(&m, &"m0x2 b1 b2".parse().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("starts at cut 1"), "{e}");
+        let e = subnet_path(&m, &"b0 m1x2".parse().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not in the bundle"), "{e}");
+    }
+}

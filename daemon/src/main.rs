@@ -178,6 +178,7 @@ fn serve(cli: &Cli) -> Result<()> {
         max_batch: config.max_batch,
         percentile: config.latency_budget.percentile,
     };
+    let demo_dir = demo.as_ref().map(|d| d.workdir.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("http")
@@ -204,6 +205,9 @@ fn serve(cli: &Cli) -> Result<()> {
         Ok::<(), anyhow::Error>(())
     })?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(dir) = demo_dir {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(())
 }
 

@@ -217,6 +217,10 @@ impl Service {
             .as_ref()
             .is_some_and(|(sha, _)| *sha == bundle.sha256)
         {
+            log::info!(
+                "{}: this bundle is already installed; removing the copy",
+                path.display()
+            );
             return Outcome::AlreadyInstalled;
         }
         match (self.config.pin_version, &latest) {

@@ -230,6 +230,16 @@ pub fn move_rejected(dir: &Path, path: &Path, reason: &str) -> std::io::Result<P
     Ok(dest)
 }
 
+/// Does an event kind change the folder (rather than only read it)?
+fn is_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        _ => true,
+    }
+}
+
 /// Handle one complete file: verify and install it, or reject it.
 fn handle(svc: &Service, watch: &mut DirWatch, path: &Path) {
     let name = path
@@ -250,7 +260,8 @@ fn handle(svc: &Service, watch: &mut DirWatch, path: &Path) {
             }
         }
         Outcome::Rejected(reason) => {
-            svc.shared.reject(&name, &reason);
+            // Move it aside first, so the file and its `.reason` are in place
+            // by the time the rejection shows in `/adaptation`.
             match move_rejected(&dir, path, &reason) {
                 Ok(dest) => {
                     log::info!("moved {} to {}", path.display(), dest.display());
@@ -261,6 +272,7 @@ fn handle(svc: &Service, watch: &mut DirWatch, path: &Path) {
                     watch.mark_stuck(path);
                 }
             }
+            svc.shared.reject(&name, &reason);
         }
         Outcome::Gone => watch.forget(path),
     }
@@ -320,7 +332,9 @@ pub fn run(svc: Arc<Service>, stop: Arc<AtomicBool>) {
                     Ok(ev) => {
                         log::trace!("event {ev:?}");
                         watch.on_event(&ev);
-                        event_seen = true;
+                        // Reads of the folder (our own scans) raise access
+                        // events: only changes call for a scan.
+                        event_seen |= is_change(&ev.kind);
                     }
                     Err(e) => log::warn!("{}: watch error: {e}", dir.display()),
                 };

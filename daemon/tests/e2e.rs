@@ -250,11 +250,36 @@ fn reference(bundle: &Bundle, input: &adaptivenet_onnx::tract_onnx::prelude::Ten
     let model = materialise_subnet(bundle, &bundle.manifest.oracle_subnet()).expect("materialise");
     let plan = Plan::whole_model(&model, input.shape()[0]).expect("plan");
     let out = plan.run(input.clone()).expect("run");
-    out.to_plain_array_view::<f32>()
+    let got: Vec<f32> = out
+        .to_plain_array_view::<f32>()
         .expect("f32")
         .iter()
         .copied()
-        .collect()
+        .collect();
+    // The oracle path is the oracle itself: the fixture run whole agrees.
+    let oracle =
+        adaptivenet_onnx::load_model(repo().join(adaptivenet_daemon::demo::ORACLE_FIXTURE))
+            .expect("oracle fixture");
+    let whole = Plan::whole_model(&oracle, input.shape()[0])
+        .expect("plan")
+        .run(input.clone())
+        .expect("run");
+    let whole: Vec<f32> = whole
+        .to_plain_array_view::<f32>()
+        .expect("f32")
+        .iter()
+        .copied()
+        .collect();
+    let diff = got
+        .iter()
+        .zip(&whole)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        diff <= 1e-5,
+        "materialised oracle path vs the fixture: {diff}"
+    );
+    got
 }
 
 fn logits_of(r: &adaptivenet_daemon::client::Response) -> (Vec<usize>, Vec<f32>) {
@@ -604,4 +629,92 @@ fn check_config_prints_the_effective_config_or_names_the_bad_key() {
         stderr.contains("latency_budget.fraction") && stderr.contains("line 3"),
         "{stderr}"
     );
+}
+
+#[test]
+fn demo_serves_and_prints_a_curl_example() {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_adaptived"))
+        .args(["--demo", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let mut stdout = child.stdout.take().expect("stdout");
+    // The example is printed once the daemon listens; read until it is there.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut text = String::new();
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if text.contains("/metrics") {
+                let _ = tx.send(text.clone());
+            }
+        }
+    });
+    let text = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("no curl example from --demo")
+        });
+    println!("{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("/infer"))
+        .expect("an infer example");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("url");
+    let file = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('@'))
+        .expect("@file");
+    let addr: std::net::SocketAddr = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("addr");
+    let body = std::fs::read(file).expect("request file");
+    let r = adaptivenet_daemon::client::Client::new(addr)
+        .post("/v2/models/fmnist-resnet/infer", &body)
+        .expect("infer");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json().unwrap();
+    let logits: Vec<f64> = v["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let best = (0..logits.len())
+        .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+        .unwrap();
+    assert_eq!(best, 9, "the first test image is an ankle boot: {logits:?}");
+    // SIGTERM: a clean stop that removes the demo's temp folder.
+    let demo_dir = std::path::Path::new(file).parent().unwrap().to_path_buf();
+    let _ = std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("--demo did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!demo_dir.exists(), "{} left behind", demo_dir.display());
 }

@@ -85,6 +85,18 @@ pub fn run(args: &ElastifyArgs) -> Result<()> {
 
     // 1. blocks
     let oracle = Oracle::load(oracle_path, args.cuts.as_deref())?;
+    // Training differentiates through the whole oracle: refuse before any work
+    // when an operator the trainer cannot differentiate is on a live path.
+    for (i, node) in oracle.graph().node.iter().enumerate() {
+        if oracle.index.live[i] && !crate::interp::ops::is_supported(&node.op_type) {
+            bail!(
+                "{}: operator `{}` (node `{}`) is not supported by the trainer",
+                oracle_path.display(),
+                node.op_type,
+                node.name
+            );
+        }
+    }
     let summary = oracle.summary()?;
     crate::cmd_blocks::print_summary(&summary);
 
