@@ -1,13 +1,7 @@
 //! `adaptivenet`: the cloud-side command line. It inspects oracles (block
 //! detection), and builds, signs and inspects supernet bundles.
 
-mod cmd_blocks;
-mod cmd_bundle;
-mod cmd_subnet;
-mod elastify;
-#[allow(dead_code)]
-mod interp;
-mod table;
+use adaptivenet_cloud_tools::{cmd_blocks, cmd_bundle, cmd_subnet, elastify};
 
 use std::process::ExitCode;
 

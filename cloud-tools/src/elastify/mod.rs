@@ -4,8 +4,8 @@
 //! stage 2 subnet fine-tuning), check the oracle path is still the oracle
 //! bit for bit, and write the bundle atomically.
 
-mod spec;
-mod train;
+pub mod spec;
+pub mod train;
 
 use std::collections::HashSet;
 use std::path::PathBuf;

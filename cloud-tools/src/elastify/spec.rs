@@ -103,6 +103,10 @@ pub struct Stage2Spec {
     pub label_weight: f64,
     /// Probability of taking a new branch at each cut when sampling a subnet.
     pub new_branch_prob: f64,
+    /// Every this many steps, train the most merged subnet (fewest branches)
+    /// instead of a random one, so the fastest end of the space is trained
+    /// too (0: never).
+    pub most_merged_every: usize,
 }
 
 impl Default for Stage2Spec {
@@ -113,6 +117,7 @@ impl Default for Stage2Spec {
             temperature: 4.0,
             label_weight: 0.5,
             new_branch_prob: 0.5,
+            most_merged_every: 4,
         }
     }
 }

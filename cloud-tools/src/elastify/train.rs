@@ -220,6 +220,31 @@ pub fn sample_subnet<'m>(
         .collect()
 }
 
+/// The path with the fewest branches (longest merges), fewest MACs among those.
+pub fn most_merged_path(manifest: &Manifest) -> Vec<&Branch> {
+    let n = manifest.num_blocks();
+    let mut best: Vec<Option<(u64, Vec<&Branch>)>> = vec![None; n + 1];
+    best[0] = Some((0, vec![]));
+    for i in 0..n {
+        let Some((cost, path)) = best[i].clone() else {
+            continue;
+        };
+        for b in manifest
+            .branches
+            .iter()
+            .filter(|b| b.from == i && b.to <= n)
+        {
+            let c = cost + (1u64 << 40) + b.macs;
+            if best[b.to].as_ref().is_none_or(|(bc, _)| c < *bc) {
+                let mut p = path.clone();
+                p.push(b);
+                best[b.to] = Some((c, p));
+            }
+        }
+    }
+    best[n].clone().map(|x| x.1).unwrap_or_default()
+}
+
 /// Stage 2. Returns the mean loss of the last steps.
 pub fn stage2(
     interp: &Interpreter,
@@ -253,7 +278,13 @@ pub fn stage2(
             .map(|k| train[(step * teacher.batch + k) % train.len()])
             .collect();
         let tb = teacher.batch(&idx)?;
-        let path = sample_subnet(manifest, &mut rng, spec.new_branch_prob);
+        let path = if spec.most_merged_every > 0
+            && step % spec.most_merged_every == spec.most_merged_every - 1
+        {
+            most_merged_path(manifest)
+        } else {
+            sample_subnet(manifest, &mut rng, spec.new_branch_prob)
+        };
         let mut h = tb.cuts[0].clone();
         for b in &path {
             h = interp
