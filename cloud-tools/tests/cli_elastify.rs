@@ -134,6 +134,27 @@ fn small_elastify_run_makes_a_signed_bundle_that_verifies_inspects_and_exports()
         text.contains("oracle path") && text.contains("s4@50") && text.contains("most merged"),
         "{text}"
     );
+    // the same seed gives the same bundle, byte for byte
+    let again = d.join("again.bundle");
+    let o2 = run(&[
+        "elastify",
+        &fixture("oracle/fmnist_resnet.onnx"),
+        "--data",
+        &subset("[0:200]"),
+        "--spec",
+        spec.to_str().unwrap(),
+        "--key",
+        &fixture("keys/demo.key"),
+        "--seed",
+        "3",
+        "-o",
+        again.to_str().unwrap(),
+    ]);
+    assert!(o2.status.success());
+    assert!(
+        std::fs::read(&out).unwrap() == std::fs::read(&again).unwrap(),
+        "same seed, different bundle"
+    );
     // a tampered bundle fails verification
     let mut bytes = std::fs::read(&out).unwrap();
     let at = bytes.len() / 2;

@@ -19,6 +19,20 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::spec::{Stage1Spec, Stage2Spec};
+
+/// Print the bar's state as a line when it is hidden (not a terminal) and
+/// another tenth of the work is done.
+fn log_progress(pb: &ProgressBar, what: &str, last: &mut u64) {
+    let (pos, len) = (pb.position(), pb.length().unwrap_or(0).max(1));
+    if pb.is_hidden() && (pos * 10 / len > *last * 10 / len || pos == len) {
+        *last = pos;
+        eprintln!(
+            "{what}: {pos}/{len} [{:.0} s] {}",
+            pb.elapsed().as_secs_f64(),
+            pb.message()
+        );
+    }
+}
 use crate::interp::Interpreter;
 
 /// The frozen oracle as tract plans at the training batch size, and the data.
@@ -75,7 +89,13 @@ fn to_candle(t: &TractTensor, device: &Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(data, t.shape(), device)?)
 }
 
+/// A progress bar on a terminal; elsewhere (logs, CI) the same message is
+/// printed as a plain line every tenth of the way.
 fn bar(len: u64, what: &str) -> ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::hidden());
+    }
     let pb = ProgressBar::new(len);
     pb.set_style(
         ProgressStyle::with_template("{prefix:>8} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
@@ -129,6 +149,7 @@ pub fn stage1(
     let pb = bar((steps * branches.len()) as u64, "stage 1");
     let start = Instant::now();
     let mut ema = vec![0f64; branches.len()];
+    let mut logged = 0;
     for step in 0..steps {
         let idx: Vec<usize> = (0..teacher.batch)
             .map(|k| train[(step * teacher.batch + k) % train.len()])
@@ -151,6 +172,7 @@ pub fn stage1(
             ema.iter().sum::<f64>() / ema.len().max(1) as f64,
             done as f64 * branches.len() as f64 / start.elapsed().as_secs_f64()
         ));
+        log_progress(&pb, "stage 1", &mut logged);
     }
     pb.finish();
     // distillation loss on held-out samples
@@ -273,6 +295,7 @@ pub fn stage2(
     let start = Instant::now();
     let t = spec.temperature;
     let mut ema = 0f64;
+    let mut logged = 0;
     for step in 0..spec.steps {
         let idx: Vec<usize> = (0..teacher.batch)
             .map(|k| train[(step * teacher.batch + k) % train.len()])
@@ -315,6 +338,7 @@ pub fn stage2(
             "loss {ema:.4}  {:.0} samples/s",
             ((step + 1) * teacher.batch) as f64 / start.elapsed().as_secs_f64()
         ));
+        log_progress(&pb, "stage 2", &mut logged);
     }
     pb.finish();
     Ok(ema)
