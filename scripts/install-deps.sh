@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need on a fresh Debian machine (as root,
 # or with sudo available): the Fashion-MNIST data set, the minisign tool (to
-# check interoperability of signatures), and onnxruntime/onnx/numpy for the
+# check interoperability of signatures), systemd (systemd-analyze, for the
+# unit file check; sysinfo and nix are plain crates and need nothing), and onnxruntime/onnx/numpy for the
 # reference checks. Safe to run again.
 set -euo pipefail
 SUDO=""
@@ -10,6 +11,10 @@ export DEBIAN_FRONTEND=noninteractive
 need_apt=()
 [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
 command -v minisign >/dev/null || need_apt+=(minisign)
+# systemd-analyze: the daemon tests verify systemd/adaptived.service with it.
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+# timeout (coreutils): the adaptation tests bound their CPU hogs with it.
+command -v timeout >/dev/null || need_apt+=(coreutils)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -44,6 +44,7 @@ pub struct Config {
     /// Serve exactly this bundle version (allows a downgrade to it).
     pub pin_version: Option<u64>,
     pub watch: Watch,
+    pub monitor: Monitor,
 }
 
 impl Default for Config {
@@ -66,6 +67,7 @@ impl Default for Config {
             memory_budget_mb: 256,
             pin_version: None,
             watch: Watch::default(),
+            monitor: Monitor::default(),
         }
     }
 }
@@ -209,6 +211,14 @@ pub struct Policy {
     pub check_interval_s: f64,
     /// Seconds of sustained slack before switching up the front.
     pub upgrade_after_s: f64,
+    /// Re-time the front's subnets when the slowdown is not uniform
+    /// (CPU clock throttled, fewer online cores) and choose again.
+    pub retime_on_throttle: bool,
+    /// The clock is throttled when the mean `scaling_cur_freq /
+    /// cpuinfo_max_freq` of the online CPUs falls below this.
+    pub throttle_freq_ratio: f64,
+    /// Latency samples of the served subnet needed before judging it.
+    pub min_samples: usize,
 }
 
 impl Default for Policy {
@@ -218,6 +228,9 @@ impl Default for Policy {
             cooldown_s: 30.0,
             check_interval_s: 5.0,
             upgrade_after_s: 60.0,
+            retime_on_throttle: true,
+            throttle_freq_ratio: 0.85,
+            min_samples: 10,
         }
     }
 }
@@ -241,6 +254,42 @@ impl Default for Watch {
             events: true,
             poll_interval_s: 1.0,
             settle_s: 5.0,
+        }
+    }
+}
+
+/// The resource monitor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Monitor {
+    /// Where `/sys` and `/proc` are read from (tests fake a board in a
+    /// folder): `ROOT/sys/devices/system/cpu`, `ROOT/sys/class/thermal`,
+    /// `ROOT/proc/pressure`.
+    pub root: PathBuf,
+    /// Seconds between two samples of the environment.
+    pub interval_s: f64,
+    /// Seconds of recent request latencies the contention factor is taken over.
+    pub window_s: f64,
+    /// Weight of a new measurement in the smoothed contention factor (0, 1].
+    pub smoothing: f64,
+    /// With no request for this long, time the served subnet on a zero input
+    /// (`probe_runs` runs) to keep the contention factor current; 0 = never.
+    pub probe_idle_s: f64,
+    pub probe_runs: usize,
+    /// A thermal zone at or above this temperature counts as hot (throttling).
+    pub hot_c: f64,
+}
+
+impl Default for Monitor {
+    fn default() -> Self {
+        Monitor {
+            root: PathBuf::from("/"),
+            interval_s: 1.0,
+            window_s: 3.0,
+            smoothing: 0.5,
+            probe_idle_s: 5.0,
+            probe_runs: 5,
+            hot_c: 80.0,
         }
     }
 }
@@ -421,6 +470,63 @@ impl Config {
                     "{} must be a positive number of seconds",
                     p.check_interval_s
                 ),
+            );
+        }
+        if !(p.throttle_freq_ratio.is_finite()
+            && p.throttle_freq_ratio > 0.0
+            && p.throttle_freq_ratio <= 1.0)
+        {
+            return bad(
+                "policy.throttle_freq_ratio",
+                format!("{} must be in (0, 1]", p.throttle_freq_ratio),
+            );
+        }
+        if p.min_samples == 0 || p.min_samples > 10_000 {
+            return bad(
+                "policy.min_samples",
+                format!("{} must be between 1 and 10000", p.min_samples),
+            );
+        }
+        let mo = &self.monitor;
+        if mo.root.as_os_str().is_empty() {
+            return bad(
+                "monitor.root",
+                "must not be empty (`/` for the real system)".into(),
+            );
+        }
+        for (k, v, lo, hi) in [
+            ("monitor.interval_s", mo.interval_s, 0.05, 3600.0),
+            ("monitor.window_s", mo.window_s, 0.1, 3600.0),
+        ] {
+            if !(v.is_finite() && v >= lo && v <= hi) {
+                return bad(k, format!("{v} must be between {lo} and {hi}"));
+            }
+        }
+        if !(mo.smoothing.is_finite() && mo.smoothing > 0.0 && mo.smoothing <= 1.0) {
+            return bad(
+                "monitor.smoothing",
+                format!("{} must be in (0, 1]", mo.smoothing),
+            );
+        }
+        if !(mo.probe_idle_s.is_finite() && mo.probe_idle_s >= 0.0) {
+            return bad(
+                "monitor.probe_idle_s",
+                format!(
+                    "{} must be a non-negative number of seconds (0 = no probe)",
+                    mo.probe_idle_s
+                ),
+            );
+        }
+        if mo.probe_runs == 0 || mo.probe_runs > 1000 {
+            return bad(
+                "monitor.probe_runs",
+                format!("{} must be between 1 and 1000", mo.probe_runs),
+            );
+        }
+        if !(mo.hot_c.is_finite() && mo.hot_c > 0.0 && mo.hot_c < 200.0) {
+            return bad(
+                "monitor.hot_c",
+                format!("{} must be a temperature in (0, 200) °C", mo.hot_c),
             );
         }
         if self.memory_budget_mb == 0 {

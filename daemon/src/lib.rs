@@ -3,10 +3,13 @@
 //! subnet for this device in the background (see [`search_api`]), and serves
 //! it over the KServe v2 / Open Inference Protocol with hot swaps.
 
+pub mod adapt;
 pub mod client;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod monitor;
+pub mod policy;
 pub mod search;
 pub mod search_api;
 pub mod server;

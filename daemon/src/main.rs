@@ -75,9 +75,34 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where the config comes from: the file and the command-line overrides
+/// (kept to re-read it on SIGHUP).
+#[derive(Clone)]
+struct Source {
+    config: Option<PathBuf>,
+    listen: Option<String>,
+    bundle_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+}
+
+impl Source {
+    fn of(cli: &Cli) -> Source {
+        Source {
+            config: cli.config.clone(),
+            listen: cli.listen.clone(),
+            bundle_dir: cli.bundle_dir.clone(),
+            state_dir: cli.state_dir.clone(),
+        }
+    }
+}
+
 /// The config file with the command-line overrides applied, validated.
 fn effective_config(cli: &Cli) -> Result<Config> {
-    let (path, allow_missing) = match &cli.config {
+    load_config(&Source::of(cli))
+}
+
+fn load_config(src: &Source) -> Result<Config> {
+    let (path, allow_missing) = match &src.config {
         Some(p) => (p.clone(), false),
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), true),
     };
@@ -86,13 +111,13 @@ fn effective_config(cli: &Cli) -> Result<Config> {
         log::info!("{}: not found; using the defaults", path.display());
     }
     let mut c = loaded.config;
-    apply_overrides(cli, &mut c)?;
+    apply_overrides(src, &mut c)?;
     c.validate()
         .map_err(|(k, m)| anyhow!("`{k}` (after command-line overrides): {m}"))?;
     Ok(c)
 }
 
-fn apply_overrides(cli: &Cli, c: &mut Config) -> Result<()> {
+fn apply_overrides(cli: &Source, c: &mut Config) -> Result<()> {
     if let Some(l) = &cli.listen {
         c.listen = l.parse::<Listen>().map_err(|e| anyhow!("--listen: {e}"))?;
     }
@@ -150,6 +175,7 @@ fn serve(cli: &Cli) -> Result<()> {
     let shared = Arc::new(Shared::default());
     let service = Service::start(config.clone(), shared.clone(), search_api::default_search())
         .map_err(|e| anyhow!(e))?;
+    let source = (!cli.demo).then(|| Source::of(cli));
     // The last good bundle serves at once (before the listener is up).
     service.restore();
     if let Some(d) = &demo {
@@ -168,6 +194,8 @@ fn serve(cli: &Cli) -> Result<()> {
             .name("watcher".into())
             .spawn(move || watcher::run(svc, stop))?;
     }
+    adaptivenet_daemon::adapt::spawn(shared.clone(), Arc::new(config.clone()))
+        .context("starting the adaptation loop")?;
     let pool = Arc::new(
         WorkerPool::new(config.worker_threads, config.queue_depth)
             .context("starting the worker pool")?,
@@ -191,9 +219,9 @@ fn serve(cli: &Cli) -> Result<()> {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let url = bound.url();
         log::info!("listening on {url}");
-        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
-            log::debug!("sd_notify: {e}");
-        }
+        tokio::spawn(notify_ready(shared.clone(), config.bundle_dir.clone()));
+        tokio::spawn(reload_on_sighup(source, config.clone(), shared.clone()));
+        tokio::spawn(watchdog(shared.clone()));
         if let Some(d) = &demo {
             print_demo_help(d, &url, &shared);
         }
@@ -232,6 +260,174 @@ fn print_demo_help(d: &demo::Demo, url: &str, shared: &Shared) {
             println!();
         }
         Err(e) => log::warn!("demo: cannot write the example request: {e}"),
+    }
+}
+
+/// `READY=1` once a subnet serves (at once after a restart with a stored
+/// bundle); until then `STATUS=` says what it waits for.
+async fn notify_ready(shared: Arc<Shared>, bundle_dir: PathBuf) {
+    use sd_notify::NotifyState;
+    if shared.current().is_none() {
+        let status = format!(
+            "listening; waiting for a bundle in {}",
+            bundle_dir.display()
+        );
+        let _ = sd_notify::notify(false, &[NotifyState::Status(&status)]);
+        while shared.current().is_none() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    let status = shared
+        .current()
+        .map(|a| format!("serving {}", a.label()))
+        .unwrap_or_default();
+    match sd_notify::notify(false, &[NotifyState::Ready, NotifyState::Status(&status)]) {
+        Ok(()) => log::info!("ready: {status}"),
+        Err(e) => log::debug!("sd_notify: {e}"),
+    }
+}
+
+/// SIGHUP: `RELOADING=1` with `MONOTONIC_USEC`, re-read the config, put
+/// the reloadable keys in force (`latency_budget`, `policy`, `monitor`,
+/// `memory_budget_mb`), then `READY=1`. A bad new config is logged and the
+/// old one stays.
+async fn reload_on_sighup(source: Option<Source>, mut current: Config, shared: Arc<Shared>) {
+    use sd_notify::NotifyState;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("cannot handle SIGHUP ({e}); config reloads are off");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        let mut states = vec![NotifyState::Reloading];
+        if let Ok(m) = NotifyState::monotonic_usec_now() {
+            states.push(m);
+        }
+        let _ = sd_notify::notify(false, &states);
+        let Some(src) = &source else {
+            log::info!("SIGHUP: --demo has no config file to re-read");
+            let _ = sd_notify::notify(false, &[NotifyState::Ready]);
+            continue;
+        };
+        log::info!("SIGHUP: re-reading the config");
+        let status = match load_config(src) {
+            Ok(next) => {
+                let restart: Vec<&str> = [
+                    ("bundle_dir", current.bundle_dir != next.bundle_dir),
+                    ("state_dir", current.state_dir != next.state_dir),
+                    ("listen", current.listen != next.listen),
+                    ("compatible", current.compatible != next.compatible),
+                    (
+                        "validation_data",
+                        current.validation_data != next.validation_data,
+                    ),
+                    ("trusted_keys", current.trusted_keys != next.trusted_keys),
+                    (
+                        "allow_unsigned",
+                        current.allow_unsigned != next.allow_unsigned,
+                    ),
+                    (
+                        "worker_threads",
+                        current.worker_threads != next.worker_threads,
+                    ),
+                    ("queue_depth", current.queue_depth != next.queue_depth),
+                    ("max_batch", current.max_batch != next.max_batch),
+                    ("pin_version", current.pin_version != next.pin_version),
+                    ("watch", current.watch != next.watch),
+                ]
+                .into_iter()
+                .filter_map(|(k, changed)| changed.then_some(k))
+                .collect();
+                let mut applied = Vec::new();
+                if current.latency_budget != next.latency_budget {
+                    applied.push(format!(
+                        "latency_budget {:?} -> {:?}",
+                        current.latency_budget.budget(),
+                        next.latency_budget.budget()
+                    ));
+                }
+                for (k, changed) in [
+                    ("policy", current.policy != next.policy),
+                    ("monitor", current.monitor != next.monitor),
+                    (
+                        "memory_budget_mb",
+                        current.memory_budget_mb != next.memory_budget_mb,
+                    ),
+                ] {
+                    if changed {
+                        applied.push(k.to_string());
+                    }
+                }
+                let mut what = if applied.is_empty() {
+                    "config re-read; nothing reloadable changed".to_string()
+                } else {
+                    format!("config reloaded: {}", applied.join("; "))
+                };
+                if !restart.is_empty() {
+                    log::warn!(
+                        "SIGHUP: {} changed; that takes a restart (kept as before)",
+                        restart.join(", ")
+                    );
+                    what.push_str(&format!(
+                        "; needs a restart (not applied): {}",
+                        restart.join(", ")
+                    ));
+                }
+                // Keys that need a restart keep their running values.
+                let kept = Config {
+                    latency_budget: next.latency_budget.clone(),
+                    policy: next.policy.clone(),
+                    monitor: next.monitor.clone(),
+                    memory_budget_mb: next.memory_budget_mb,
+                    ..current.clone()
+                };
+                current = kept.clone();
+                shared.adapt.set_config(Arc::new(kept));
+                shared.adapt.reloaded(Ok(what.clone()));
+                what
+            }
+            Err(e) => {
+                let msg = format!("{e:#}").replace('\n', " ");
+                shared.adapt.reloaded(Err(msg.clone()));
+                format!("config reload failed (old config kept): {msg}")
+            }
+        };
+        let _ = sd_notify::notify(false, &[NotifyState::Ready, NotifyState::Status(&status)]);
+    }
+}
+
+/// `WATCHDOG=1` every half `WATCHDOG_USEC` while the adaptation loop is
+/// alive (its heartbeat is recent); a wedged loop lets systemd restart us.
+async fn watchdog(shared: Arc<Shared>) {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let period = std::time::Duration::from_micros(usec / 2);
+    log::info!(
+        "systemd watchdog on: pinging every {:.1} s",
+        period.as_secs_f64()
+    );
+    loop {
+        let beat = shared
+            .adapt
+            .heartbeat_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let tick_ms = shared
+            .adapt
+            .config()
+            .map(|c| (c.policy.check_interval_s.min(c.monitor.interval_s) * 1000.0) as u64)
+            .unwrap_or(1000);
+        let age = adaptivenet_daemon::state::unix_ms().saturating_sub(beat);
+        if beat == 0 || age <= (3 * tick_ms).max(usec / 1000) + 60_000 {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+        } else {
+            log::error!("the adaptation loop has not run for {age} ms; not pinging the watchdog");
+        }
+        tokio::time::sleep(period).await;
     }
 }
 

@@ -79,10 +79,12 @@ pub struct SearchError(pub String);
 pub type SearchFn =
     Arc<dyn Fn(&Bundle, &SearchInput) -> Result<SearchResult, SearchError> + Send + Sync>;
 
-/// THE SEAM: the search the daemon runs. Replace the body with the real search
-/// when `daemon/src/search/` lands.
+/// The search the daemon runs for every installed bundle without a stored result.
 pub fn default_search() -> SearchFn {
-    Arc::new(oracle_only)
+    // The on-device search (latency table, prefix-tree accuracy, evolutionary
+    // or exhaustive search, Pareto front); without validation data it falls
+    // back to `oracle_only`.
+    Arc::new(crate::search::pipeline::search_for_daemon)
 }
 
 /// The stand-in search: the front is the oracle path alone, its latency

@@ -67,6 +67,8 @@ pub struct Rejected {
 #[derive(Clone, Debug, Serialize)]
 pub struct Swap {
     pub time: String,
+    /// Unix time in milliseconds.
+    pub unix_ms: u64,
     pub from: Option<String>,
     pub to: String,
     pub reason: String,
@@ -94,6 +96,9 @@ pub struct Shared {
     pub active: ArcSwapOption<Active>,
     pub metrics: Metrics,
     pub history: Mutex<History>,
+    /// The adaptation loop's inputs and status (latency samples, live
+    /// config, environment, decisions).
+    pub adapt: crate::adapt::AdaptShared,
 }
 
 impl Default for Shared {
@@ -108,6 +113,7 @@ impl Default for Shared {
                 },
                 ..Default::default()
             }),
+            adapt: Default::default(),
         }
     }
 }
@@ -127,6 +133,25 @@ impl Shared {
         let to = next.label();
         let old = self.active.swap(Some(Arc::new(next)));
         let from = old.as_ref().map(|a| a.label());
+        self.swapped(from, to, reason);
+    }
+
+    /// Serve `next` only if `current` is still what serves (a bundle swapped
+    /// in meanwhile wins over an adaptation decided on the old one). True
+    /// when swapped.
+    pub fn promote_if(&self, current: &Arc<Active>, next: Active, reason: &str) -> bool {
+        let to = next.label();
+        let prev = self
+            .active
+            .compare_and_swap(Arc::as_ptr(current), Some(Arc::new(next)));
+        let ok = prev.as_ref().is_some_and(|p| Arc::ptr_eq(p, current));
+        if ok {
+            self.swapped(Some(current.label()), to, reason);
+        }
+        ok
+    }
+
+    fn swapped(&self, from: Option<String>, to: String, reason: &str) {
         log::info!(
             "serving {to} (was {}): {reason}",
             from.as_deref().unwrap_or("nothing")
@@ -138,6 +163,7 @@ impl Shared {
         let mut h = self.history();
         h.swaps.push_back(Swap {
             time: rfc3339(unix_now()),
+            unix_ms: crate::state::unix_ms(),
             from,
             to,
             reason: reason.to_string(),

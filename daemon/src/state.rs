@@ -193,6 +193,14 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// A Unix time as RFC 3339 UTC (`2026-11-27T11:04:38Z`).
 pub fn rfc3339(secs: u64) -> String {
     let days = (secs / 86_400) as i64;

@@ -103,6 +103,9 @@ pub struct Stage2Spec {
     pub label_weight: f64,
     /// Probability of taking a new branch at each cut when sampling a subnet.
     pub new_branch_prob: f64,
+    /// Probability that a step trains a single-branch subnet (the oracle path
+    /// with one new branch swapped in) rather than a random path.
+    pub single_branch_prob: f64,
     /// Every this many steps, train the most merged subnet (fewest branches)
     /// instead of a random one, so the fastest end of the space is trained
     /// too (0: never).
@@ -117,6 +120,7 @@ impl Default for Stage2Spec {
             temperature: 4.0,
             label_weight: 0.5,
             new_branch_prob: 0.5,
+            single_branch_prob: 0.35,
             most_merged_every: 4,
         }
     }

@@ -242,6 +242,30 @@ pub fn sample_subnet<'m>(
         .collect()
 }
 
+/// The oracle path with one random new branch swapped in.
+pub fn single_branch_path<'m>(manifest: &'m Manifest, rng: &mut SplitMix) -> Vec<&'m Branch> {
+    let news = new_branches(manifest);
+    if news.is_empty() {
+        return manifest.branches.iter().filter(|b| b.kind == BranchKind::Original).collect();
+    }
+    let pick = news[(rng.next_u64() % news.len() as u64) as usize];
+    let mut path = Vec::new();
+    let mut at = 0;
+    while at < manifest.num_blocks() {
+        if at == pick.from {
+            path.push(pick);
+            at = pick.to;
+        } else {
+            match manifest.branches.iter().find(|b| b.kind == BranchKind::Original && b.from == at) {
+                Some(b) => path.push(b),
+                None => break,
+            }
+            at += 1;
+        }
+    }
+    path
+}
+
 /// The path with the fewest branches (longest merges), fewest MACs among those.
 pub fn most_merged_path(manifest: &Manifest) -> Vec<&Branch> {
     let n = manifest.num_blocks();
@@ -305,6 +329,8 @@ pub fn stage2(
             && step % spec.most_merged_every == spec.most_merged_every - 1
         {
             most_merged_path(manifest)
+        } else if ((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < spec.single_branch_prob {
+            single_branch_path(manifest, &mut rng)
         } else {
             sample_subnet(manifest, &mut rng, spec.new_branch_prob)
         };

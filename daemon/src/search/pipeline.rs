@@ -43,7 +43,7 @@ impl Default for Options {
                 .unwrap_or(1),
             timing: TimingOptions::default(),
             check_sample: 12,
-            eval_batch: 100,
+            eval_batch: 50,
             params: SearchParams::default(),
             kinds: None,
             state_dir: None,
@@ -180,7 +180,7 @@ pub fn search(bundle: &Bundle, data: &Dataset, options: &Options) -> Result<Sear
         None => ev.evaluate(std::slice::from_ref(&oracle), 0..ev.batches())?[0].accuracy(),
     };
     log::info!(
-        "{}: {} subnets evaluated, front of {} in {:.1} s (prefix tree: {} part runs per batch instead of {})",
+        "{}: {} subnets evaluated, front of {} in {:.1} s (prefix tree: {} plan runs instead of {})",
         outcome.method,
         outcome.evaluations,
         outcome.front.len(),
@@ -302,4 +302,67 @@ impl Searched {
         self.dirty = false;
         Ok(())
     }
+}
+
+/// The daemon's background search ([`crate::search_api::SearchFn`]): the
+/// search of this module on the configured validation data (the bundle's
+/// calibration sample is not used here; without data the oracle-only
+/// stand-in runs), the choice under the configured budget. The daemon
+/// persists the result itself, so nothing is cached here.
+pub fn search_for_daemon(
+    bundle: &Bundle,
+    input: &crate::search_api::SearchInput,
+) -> std::result::Result<crate::search_api::SearchResult, crate::search_api::SearchError> {
+    use crate::search_api::{FrontPoint, SearchError, SearchResult};
+    let Some(data) = input.validation.as_deref() else {
+        return crate::search_api::oracle_only(bundle, input);
+    };
+    let t = Instant::now();
+    let options = Options {
+        threads: input.threads.max(1),
+        ..Options::default()
+    };
+    let err = |e: anyhow::Error| SearchError(format!("{e:#}"));
+    let mut s = search(bundle, data, &options).map_err(err)?;
+    let budget_ms = input.budget.budget_ms(s.cached.oracle_ms);
+    let chosen = choose(s.front(), budget_ms)
+        .ok_or_else(|| SearchError("the search found no subnet".into()))?;
+    if chosen.over_budget {
+        log::warn!(
+            "search: the budget {budget_ms:.3} ms is below the fastest subnet ({:.3} ms predicted): serving the fastest, `{}`",
+            chosen.point.predicted_ms,
+            chosen.point.subnet
+        );
+    }
+    let c = &s.cached;
+    let result = SearchResult {
+        bundle_sha256: bundle.sha256.clone(),
+        fingerprint: input.fingerprint.clone(),
+        front: c
+            .outcome
+            .front
+            .iter()
+            .map(|p| FrontPoint {
+                subnet: p.subnet.clone(),
+                predicted_ms: p.predicted_ms,
+                accuracy: p.accuracy,
+            })
+            .collect(),
+        chosen: chosen.point.subnet.clone(),
+        budget_ms,
+        oracle_ms: c.oracle_ms,
+        method: format!(
+            "{}; latency prediction mean error {:.1}%{}",
+            c.outcome.method,
+            c.check.mean_error_pct,
+            if chosen.over_budget {
+                "; budget below the fastest subnet: fastest chosen"
+            } else {
+                ""
+            }
+        ),
+        elapsed_s: t.elapsed().as_secs_f64(),
+    };
+    let _ = s.save();
+    Ok(result)
 }

@@ -176,8 +176,8 @@ pub fn report_json(
             "check": c.check.rows,
         }),
         prefix_tree: serde_json::json!({
-            "part_runs_per_batch_tree": c.outcome.tree_runs,
-            "part_runs_per_batch_naive": c.outcome.naive_runs,
+            "plan_runs_tree": c.outcome.tree_runs,
+            "plan_runs_naive": c.outcome.naive_runs,
             "cut_tensor_memory_bound_bytes": c.cache_bound_bytes,
         }),
         data,

@@ -74,10 +74,10 @@ impl Default for SearchParams {
             mutation: 0.1,
             crossover: 0.5,
             generations: 10,
-            max_evals: 1000,
-            screen_images: 500,
+            max_evals: 300,
+            screen_images: 250,
             finish_margin: 0.02,
-            max_finish: 60,
+            max_finish: 24,
             time_limit_s: 0.0,
             seed: 1,
         }
@@ -97,8 +97,8 @@ pub struct Outcome {
     /// Distinct subnets evaluated.
     pub evaluations: usize,
     pub generations: usize,
-    /// Part runs per batch, with the prefix tree and one subnet at a time,
-    /// summed over every evaluation call.
+    /// Plan runs (stem, branches, heads, over all batches), with the prefix
+    /// tree and one subnet at a time, summed over every evaluation call.
     pub tree_runs: usize,
     pub naive_runs: usize,
     pub seconds: f64,

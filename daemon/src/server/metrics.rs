@@ -178,6 +178,101 @@ impl Metrics {
     }
 }
 
+/// The adaptation loop's part of `/metrics`: decisions by reason, the
+/// contention and hardware factors, the budget, the board's state, reloads.
+pub fn render_adaptation(s: &mut String, a: &crate::adapt::AdaptStatus) {
+    let _ = writeln!(
+        s,
+        "# HELP adaptived_adaptation_decisions_total Adaptation decisions, by reason.\n# TYPE adaptived_adaptation_decisions_total counter"
+    );
+    for reason in [
+        "over_budget",
+        "slack",
+        "budget_change",
+        "no_fit",
+        "retime_throttle",
+        "retime_recovered",
+        "retime_cores",
+        "retime_clock",
+        "config_reload",
+        "config_rejected",
+    ] {
+        let _ = writeln!(
+            s,
+            "adaptived_adaptation_decisions_total{{reason=\"{reason}\"}} {}",
+            a.counts.get(reason).copied().unwrap_or(0)
+        );
+    }
+    for (k, v) in &a.counts {
+        if !s.contains(&format!("{{reason=\"{k}\"}}")) {
+            let _ = writeln!(
+                s,
+                "adaptived_adaptation_decisions_total{{reason=\"{}\"}} {v}",
+                escape(k)
+            );
+        }
+    }
+    let gauge = |s: &mut String, name: &str, help: &str, v: Option<f64>| {
+        if let Some(v) = v {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+    };
+    let e = &a.environment;
+    gauge(
+        s,
+        "adaptived_contention_factor",
+        "Smoothed measured / predicted latency of the served subnet.",
+        e.contention,
+    );
+    gauge(
+        s,
+        "adaptived_hardware_factor",
+        "Slowdown implied by the CPU clock and online CPUs against the latency table.",
+        Some(e.hardware_factor),
+    );
+    gauge(
+        s,
+        "adaptived_budget_ms",
+        "Latency budget in force, ms.",
+        a.budget_ms,
+    );
+    gauge(
+        s,
+        "adaptived_cpu_other_percent",
+        "CPU use of other processes, percent of all CPUs.",
+        e.cpu_other_pct,
+    );
+    gauge(
+        s,
+        "adaptived_memory_available_mb",
+        "Available memory, MiB.",
+        e.mem_available_mb.map(|m| m as f64),
+    );
+    gauge(
+        s,
+        "adaptived_cpu_freq_ratio",
+        "Mean CPU clock / max clock of the online CPUs.",
+        e.freq_ratio,
+    );
+    gauge(
+        s,
+        "adaptived_throttled",
+        "1 when the board throttles (clock or temperature).",
+        Some(if e.throttled { 1.0 } else { 0.0 }),
+    );
+    gauge(
+        s,
+        "adaptived_resident_subnets",
+        "Compiled subnets kept in memory.",
+        Some(a.plans.resident.len() as f64),
+    );
+    let _ = writeln!(
+        s,
+        "# HELP adaptived_config_reloads_total Config reloads (SIGHUP), by result.\n# TYPE adaptived_config_reloads_total counter\nadaptived_config_reloads_total{{result=\"ok\"}} {}\nadaptived_config_reloads_total{{result=\"failed\"}} {}",
+        a.reloads.ok, a.reloads.failed
+    );
+}
+
 /// Escape a Prometheus label value.
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")

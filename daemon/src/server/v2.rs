@@ -533,6 +533,7 @@ async fn infer_inner(
             )
         })?;
     st.shared.metrics.observe_run(ms);
+    st.shared.adapt.observe(&active.engine, n, ms);
     Ok(InferResponse {
         model_name: active.name().to_string(),
         model_version: active.version().to_string(),
@@ -588,12 +589,34 @@ pub async fn adaptation(
     let h = st.shared.history();
     let measured = st.shared.metrics.percentiles();
     let r = active.as_ref().and_then(|a| a.result.as_ref());
+    let ad = st.shared.adapt.status().clone();
+    let live = st.shared.adapt.config();
+    let percentile = live
+        .as_ref()
+        .map(|c| c.latency_budget.percentile)
+        .unwrap_or(st.percentile);
+    // The table in force (re-timed when the board changed), else the search's.
+    let predicted = active.as_ref().and_then(|a| {
+        let s = a.engine.subnet.to_string();
+        ad.table
+            .iter()
+            .find(|t| t.subnet == s)
+            .map(|t| t.predicted_ms)
+            .or_else(|| a.predicted_ms())
+    });
+    let budget = ad.budget_ms.or_else(|| {
+        r.map(|r| {
+            live.as_ref()
+                .map(|c| c.latency_budget.budget_ms(r.oracle_ms))
+                .unwrap_or(r.budget_ms)
+        })
+    });
     Ok(Json(json!({
         "model_name": active.as_ref().map(|a| a.name().to_string()),
         "active_subnet": active.as_ref().map(|a| a.engine.subnet.to_string()),
-        "budget_ms": r.map(|r| r.budget_ms),
-        "percentile": st.percentile,
-        "predicted_ms": active.as_ref().and_then(|a| a.predicted_ms()),
+        "budget_ms": budget,
+        "percentile": percentile,
+        "predicted_ms": predicted,
         "measured_ms": measured,
         "oracle_ms": r.map(|r| r.oracle_ms),
         "front": r.map(|r| r.front.clone()).unwrap_or_default(),
@@ -603,6 +626,7 @@ pub async fn adaptation(
             "message": h.search.message,
             "method": r.map(|r| r.method.clone()),
             "elapsed_s": r.map(|r| r.elapsed_s),
+            "budget_ms": r.map(|r| r.budget_ms),
         },
         "bundle": active.as_ref().map(|a| json!({
             "name": a.name(),
@@ -612,17 +636,30 @@ pub async fn adaptation(
         "since": active.as_ref().map(|a| crate::state::rfc3339(a.since)),
         "rejected": h.rejected,
         "swaps": h.swaps,
+        "environment": ad.environment,
+        "policy": {
+            "slowdown": ad.slowdown,
+            "table_source": ad.table_source,
+            "retimed_at": ad.retimed_at,
+            "table": ad.table,
+            "config": live.as_ref().map(|c| &c.policy),
+        },
+        "decisions": ad.decisions,
+        "decision_counts": ad.counts,
+        "plans": ad.plans,
+        "reloads": ad.reloads,
     })))
 }
 
 pub async fn metrics(State(st): State<AppState>) -> Response {
     let active = st.shared.current();
     let subnet = active.as_ref().map(|a| a.engine.subnet.to_string());
-    let text = st.shared.metrics.render(
+    let mut text = st.shared.metrics.render(
         active
             .as_ref()
             .map(|a| (a.name(), a.version(), subnet.as_deref().unwrap_or(""))),
         st.pool.in_flight(),
     );
+    super::metrics::render_adaptation(&mut text, &st.shared.adapt.status());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -144,6 +144,11 @@ impl Daemon {
     /// Start `adaptived` with a config in `root` (bundle/state folders under
     /// it) plus `extra` YAML lines; waits until it listens.
     pub fn start(root: &Path, extra: &str) -> Daemon {
+        Daemon::start_env(root, extra, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables.
+    pub fn start_env(root: &Path, extra: &str, env: &[(&str, String)]) -> Daemon {
         let bundle_dir = root.join("bundles");
         let state_dir = root.join("state");
         let config = root.join("config.yaml");
@@ -168,6 +173,7 @@ impl Daemon {
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -200,6 +206,11 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The config file [`Daemon::start`] wrote.
+    pub fn config_path(&self) -> PathBuf {
+        self.bundle_dir.parent().expect("root").join("config.yaml")
     }
 
     pub fn log_text(&self) -> String {
