@@ -156,8 +156,14 @@ fn small_elastify_run_makes_a_signed_bundle_that_verifies_inspects_and_exports()
         adaptivenet_onnx::bundle::Bundle::open(&out, &[], true).unwrap(),
         adaptivenet_onnx::bundle::Bundle::open(&again, &[], true).unwrap(),
     );
-    assert!(b1.manifest_bytes == b2.manifest_bytes, "same seed, different manifest");
-    assert!(b1.supernet_bytes() == b2.supernet_bytes(), "same seed, different weights");
+    assert!(
+        b1.manifest_bytes == b2.manifest_bytes,
+        "same seed, different manifest"
+    );
+    assert!(
+        b1.supernet_bytes() == b2.supernet_bytes(),
+        "same seed, different weights"
+    );
     // a tampered bundle fails verification
     let mut bytes = std::fs::read(&out).unwrap();
     let at = bytes.len() / 2;

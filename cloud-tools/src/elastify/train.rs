@@ -246,7 +246,11 @@ pub fn sample_subnet<'m>(
 pub fn single_branch_path<'m>(manifest: &'m Manifest, rng: &mut SplitMix) -> Vec<&'m Branch> {
     let news = new_branches(manifest);
     if news.is_empty() {
-        return manifest.branches.iter().filter(|b| b.kind == BranchKind::Original).collect();
+        return manifest
+            .branches
+            .iter()
+            .filter(|b| b.kind == BranchKind::Original)
+            .collect();
     }
     let pick = news[(rng.next_u64() % news.len() as u64) as usize];
     let mut path = Vec::new();
@@ -256,7 +260,11 @@ pub fn single_branch_path<'m>(manifest: &'m Manifest, rng: &mut SplitMix) -> Vec
             path.push(pick);
             at = pick.to;
         } else {
-            match manifest.branches.iter().find(|b| b.kind == BranchKind::Original && b.from == at) {
+            match manifest
+                .branches
+                .iter()
+                .find(|b| b.kind == BranchKind::Original && b.from == at)
+            {
                 Some(b) => path.push(b),
                 None => break,
             }
