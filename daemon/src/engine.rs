@@ -36,32 +36,8 @@ const MAX_CACHED_PLANS: usize = 8;
 /// (c_N -> output). `materialise` rewires each span's input to the previous
 /// span's output.
 pub fn subnet_path(manifest: &Manifest, subnet: &SubnetId) -> Result<Vec<Span>> {
-    manifest
-        .validate_subnet(subnet)
-        .map_err(|e| EngineError::Subnet(e.to_string()))?;
-    let cut = |i: usize| -> Result<&str> {
-        manifest
-            .cuts
-            .get(i)
-            .map(|c| c.tensor.as_str())
-            .ok_or_else(|| {
-                EngineError::Subnet(format!("subnet `{subnet}`: the manifest has no cut c_{i}"))
-            })
-    };
-    let mut path = vec![Span::new(manifest.input.name.clone(), cut(0)?)];
-    for id in subnet.branches() {
-        let b = manifest.branch(id).ok_or_else(|| {
-            EngineError::Subnet(format!(
-                "subnet `{subnet}`: branch `{id}` is not in the bundle"
-            ))
-        })?;
-        path.push(Span::new(cut(b.from)?, b.tensor.clone()));
-    }
-    path.push(Span::new(
-        cut(manifest.num_blocks())?,
-        manifest.output.name.clone(),
-    ));
-    Ok(path)
+    adaptivenet_onnx::supernet::subnet_path(manifest, subnet)
+        .map_err(|e| EngineError::Subnet(e.to_string()))
 }
 
 /// Materialise `subnet` of the bundle's supernet as one standalone model.

@@ -276,27 +276,11 @@ pub fn single_branch_path<'m>(manifest: &'m Manifest, rng: &mut SplitMix) -> Vec
 
 /// The path with the fewest branches (longest merges), fewest MACs among those.
 pub fn most_merged_path(manifest: &Manifest) -> Vec<&Branch> {
-    let n = manifest.num_blocks();
-    let mut best: Vec<Option<(u64, Vec<&Branch>)>> = vec![None; n + 1];
-    best[0] = Some((0, vec![]));
-    for i in 0..n {
-        let Some((cost, path)) = best[i].clone() else {
-            continue;
-        };
-        for b in manifest
-            .branches
-            .iter()
-            .filter(|b| b.from == i && b.to <= n)
-        {
-            let c = cost + (1u64 << 40) + b.macs;
-            if best[b.to].as_ref().is_none_or(|(bc, _)| c < *bc) {
-                let mut p = path.clone();
-                p.push(b);
-                best[b.to] = Some((c, p));
-            }
-        }
-    }
-    best[n].clone().map(|x| x.1).unwrap_or_default()
+    crate::cmd_subnet::most_merged_subnet(manifest)
+        .branches()
+        .iter()
+        .filter_map(|id| manifest.branch(id))
+        .collect()
 }
 
 /// Stage 2. Returns the mean loss of the last steps.

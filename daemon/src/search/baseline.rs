@@ -25,18 +25,7 @@ use super::front::{pareto_front, Point};
 use super::latency::LatencyTable;
 use super::Supernet;
 
-pub const FMNIST_LABELS: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
+pub use crate::demo::FMNIST_LABELS;
 
 /// Write the untrained supernet bundle of `oracle` (the Fashion-MNIST
 /// fixture's description) to `out`, signed by `sign` if given.
