@@ -222,8 +222,11 @@ pub fn run(args: &ElastifyArgs) -> Result<()> {
         tool: "adaptivenet elastify".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         note: Some(format!(
-            "seed {}, stage 1 {} samples/branch, stage 2 {} steps, batch {batch}",
-            spec.training.seed, spec.training.stage1.samples, spec.training.stage2.steps
+            "seed {}, stage 1 {} samples/branch, stage 2 {} steps x {} subnets, batch {batch}",
+            spec.training.seed,
+            spec.training.stage1.samples,
+            spec.training.stage2.steps,
+            spec.training.stage2.paths_per_step
         )),
     });
     embed_manifest(&mut supernet, &manifest.to_yaml()?);

@@ -155,7 +155,9 @@ pub fn stage1(
             .map(|k| train[(step * teacher.batch + k) % train.len()])
             .collect();
         let tb = teacher.batch(&idx)?;
+        let lr = spec.schedule.rate(spec.learning_rate, step, steps);
         for (j, b) in branches.iter().enumerate() {
+            opts[j].set_learning_rate(lr);
             let pred = interp.forward(
                 &[(cut(b.from), tb.cuts[b.from].clone())],
                 &[b.tensor.as_str()],
@@ -242,23 +244,54 @@ pub fn sample_subnet<'m>(
         .collect()
 }
 
-/// The oracle path with one random new branch swapped in.
-pub fn single_branch_path<'m>(manifest: &'m Manifest, rng: &mut SplitMix) -> Vec<&'m Branch> {
-    let news = new_branches(manifest);
-    if news.is_empty() {
-        return manifest
-            .branches
-            .iter()
-            .filter(|b| b.kind == BranchKind::Original)
-            .collect();
+/// The path with the fewest branches (longest merges), fewest MACs among those.
+pub fn most_merged_path(manifest: &Manifest) -> Vec<&Branch> {
+    crate::cmd_subnet::most_merged_subnet(manifest)
+        .branches()
+        .iter()
+        .filter_map(|id| manifest.branch(id))
+        .collect()
+}
+
+/// The input cut and the branches to run for `path`: the frozen originals
+/// before its first new branch are skipped, since the teacher already has
+/// their output (the oracle's cut tensor there).
+fn trainable_suffix<'p, 'm>(path: &'p [&'m Branch]) -> (usize, &'p [&'m Branch]) {
+    let first = path
+        .iter()
+        .position(|b| b.kind != BranchKind::Original)
+        .unwrap_or(path.len());
+    match path.get(first) {
+        Some(b) => (b.from, &path[first..]),
+        None => (0, path),
     }
-    let pick = news[(rng.next_u64() % news.len() as u64) as usize];
+}
+
+/// Picks an index with probability proportional to `weights` (all >= 0).
+fn weighted_pick(weights: &[f64], rng: &mut SplitMix) -> usize {
+    let total: f64 = weights.iter().sum();
+    let mut x = unit(rng) * total;
+    for (i, w) in weights.iter().enumerate() {
+        if x < *w {
+            return i;
+        }
+        x -= w;
+    }
+    weights.len().saturating_sub(1)
+}
+
+fn unit(rng: &mut SplitMix) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The oracle path with `branch` swapped in.
+fn with_branch<'m>(manifest: &'m Manifest, branch: &'m Branch) -> Vec<&'m Branch> {
     let mut path = Vec::new();
     let mut at = 0;
     while at < manifest.num_blocks() {
-        if at == pick.from {
-            path.push(pick);
-            at = pick.to;
+        if at == branch.from {
+            path.push(branch);
+            at = branch.to;
         } else {
             match manifest
                 .branches
@@ -274,16 +307,12 @@ pub fn single_branch_path<'m>(manifest: &'m Manifest, rng: &mut SplitMix) -> Vec
     path
 }
 
-/// The path with the fewest branches (longest merges), fewest MACs among those.
-pub fn most_merged_path(manifest: &Manifest) -> Vec<&Branch> {
-    crate::cmd_subnet::most_merged_subnet(manifest)
-        .branches()
-        .iter()
-        .filter_map(|id| manifest.branch(id))
-        .collect()
-}
-
 /// Stage 2. Returns the mean loss of the last steps.
+///
+/// Each step trains `paths_per_step` subnets on one teacher batch: the most
+/// merged path (every `most_merged_every` steps), then single-branch subnets
+/// drawn in proportion to each branch's running distillation loss, or random
+/// paths. Their losses are averaged into one optimiser step.
 pub fn stage2(
     interp: &Interpreter,
     manifest: &Manifest,
@@ -294,10 +323,8 @@ pub fn stage2(
 ) -> Result<f64> {
     let n = manifest.num_blocks();
     let cut = |i: usize| manifest.cuts[i].tensor.as_str();
-    let vars: Vec<candle_core::Var> = new_branches(manifest)
-        .iter()
-        .flat_map(|b| branch_vars(interp, b))
-        .collect();
+    let news = new_branches(manifest);
+    let vars: Vec<candle_core::Var> = news.iter().flat_map(|b| branch_vars(interp, b)).collect();
     let mut opt = AdamW::new(
         vars,
         ParamsAdamW {
@@ -307,27 +334,13 @@ pub fn stage2(
         },
     )?;
     let mut rng = SplitMix(seed ^ 0x5eed_0002);
-    let pb = bar(spec.steps as u64, "stage 2");
-    let start = Instant::now();
     let t = spec.temperature;
-    let mut ema = 0f64;
-    let mut logged = 0;
-    for step in 0..spec.steps {
-        let idx: Vec<usize> = (0..teacher.batch)
-            .map(|k| train[(step * teacher.batch + k) % train.len()])
-            .collect();
-        let tb = teacher.batch(&idx)?;
-        let path = if spec.most_merged_every > 0
-            && step % spec.most_merged_every == spec.most_merged_every - 1
-        {
-            most_merged_path(manifest)
-        } else if ((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < spec.single_branch_prob {
-            single_branch_path(manifest, &mut rng)
-        } else {
-            sample_subnet(manifest, &mut rng, spec.new_branch_prob)
-        };
-        let mut h = tb.cuts[0].clone();
-        for b in &path {
+    let per_step = spec.paths_per_step.max(1);
+    // The loss of one path on the batch: (total, distillation part).
+    let path_loss = |path: &[&Branch], tb: &TeacherBatch| -> Result<(Tensor, f64)> {
+        let (from, run) = trainable_suffix(path);
+        let mut h = tb.cuts[from].clone();
+        for b in run {
             h = interp
                 .forward(&[(cut(b.from), h)], &[b.tensor.as_str()])?
                 .remove(0);
@@ -341,6 +354,7 @@ pub fn stage2(
             .sum(D::Minus1)?
             .mean_all()?;
         let distill = (kl * (t * t))?;
+        let d = distill.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let loss = match (&tb.labels, spec.label_weight > 0.0) {
             (Some(labels), true) => {
                 let ce = candle_nn::loss::cross_entropy(&logits, labels)?;
@@ -348,16 +362,91 @@ pub fn stage2(
             }
             _ => distill,
         };
+        Ok((loss, d))
+    };
+    let batch_at = |step: usize| -> Vec<usize> {
+        (0..teacher.batch)
+            .map(|k| train[(step * teacher.batch + k) % train.len()])
+            .collect()
+    };
+
+    // Every branch's single-branch distillation loss on the first batch seeds
+    // the sampling weights; each step then updates the ones it trained.
+    let mut single_loss = vec![0f64; news.len()];
+    if spec.single_branch_prob > 0.0 {
+        let tb = teacher.batch(&batch_at(0))?;
+        for (k, b) in news.iter().enumerate() {
+            single_loss[k] = path_loss(&with_branch(manifest, b), &tb)?.1;
+        }
+    }
+    let merged = most_merged_path(manifest);
+
+    let pb = bar(spec.steps as u64, "stage 2");
+    let start = Instant::now();
+    let mut ema = 0f64;
+    let mut logged = 0;
+    for step in 0..spec.steps {
+        let tb = teacher.batch(&batch_at(step))?;
+        opt.set_learning_rate(spec.schedule.rate(spec.learning_rate, step, spec.steps));
+        let mut total: Option<Tensor> = None;
+        for slot in 0..per_step {
+            let mut single = None;
+            let path =
+                if slot == 0 && spec.most_merged_every > 0 && step % spec.most_merged_every == 0 {
+                    merged.clone()
+                } else if !news.is_empty() && unit(&mut rng) < spec.single_branch_prob {
+                    let mean = single_loss.iter().sum::<f64>() / single_loss.len() as f64;
+                    // a floor keeps every branch in rotation once it is close
+                    let w: Vec<f64> = single_loss
+                        .iter()
+                        .map(|l| l.max(0.0) + 0.1 * mean)
+                        .collect();
+                    let k = weighted_pick(&w, &mut rng);
+                    single = Some(k);
+                    with_branch(manifest, news[k])
+                } else {
+                    sample_subnet(manifest, &mut rng, spec.new_branch_prob)
+                };
+            let (loss, d) = path_loss(&path, &tb)?;
+            if let Some(k) = single {
+                single_loss[k] = 0.5 * single_loss[k] + 0.5 * d;
+            }
+            total = Some(match total {
+                Some(acc) => (acc + loss)?,
+                None => loss,
+            });
+        }
+        let Some(total) = total else { continue };
+        let loss = (total / per_step as f64)?;
         opt.backward_step(&loss)?;
         let l = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         ema = if step == 0 { l } else { 0.95 * ema + 0.05 * l };
         pb.inc(1);
         pb.set_message(format!(
-            "loss {ema:.4}  {:.0} samples/s",
-            ((step + 1) * teacher.batch) as f64 / start.elapsed().as_secs_f64()
+            "loss {ema:.4}  {:.0} subnet-samples/s",
+            ((step + 1) * teacher.batch * per_step) as f64 / start.elapsed().as_secs_f64()
         ));
         log_progress(&pb, "stage 2", &mut logged);
     }
     pb.finish();
     Ok(ema)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weighted_pick_follows_the_weights() {
+        let mut rng = SplitMix(3);
+        for _ in 0..100 {
+            assert_eq!(weighted_pick(&[0.0, 2.0, 0.0], &mut rng), 1);
+        }
+        let n = 20_000;
+        let ones = (0..n)
+            .filter(|_| weighted_pick(&[1.0, 3.0], &mut rng) == 1)
+            .count();
+        let share = ones as f64 / n as f64;
+        assert!((share - 0.75).abs() < 0.02, "{share}");
+    }
 }

@@ -241,24 +241,29 @@ impl Evaluator {
         leaf: &mut dyn FnMut(usize, Tensor) -> Result<()>,
     ) -> Result<()> {
         let n = &trie.nodes[node];
+        // Every consumer but the last gets a copy; the last consumes `x`, so
+        // no copy outlives its use.
+        let consumers = n.children.len() + usize::from(n.leaf.is_some());
         let mut x = Some(x);
-        if let Some(k) = n.leaf {
-            let input = if n.children.is_empty() {
-                x.take().unwrap()
+        let mut served = 0;
+        let mut next_input = |x: &mut Option<Tensor>| -> Result<Tensor> {
+            served += 1;
+            let t = if served == consumers {
+                x.take()
             } else {
-                x.as_ref().unwrap().clone()
+                x.clone()
             };
+            t.ok_or_else(|| anyhow!("prefix tree: the cut tensor was already consumed"))
+        };
+        if let Some(k) = n.leaf {
+            let input = next_input(&mut x)?;
             leaf(k, self.plans.head.run(input)?)?;
         }
-        let last = n.children.len().saturating_sub(1);
-        for (i, &c) in n.children.iter().enumerate() {
-            let branch = trie.nodes[c].branch.expect("non-root nodes have a branch");
-            // the last child consumes the parent's tensor: no copy kept
-            let input = if i == last {
-                x.take().unwrap()
-            } else {
-                x.as_ref().unwrap().clone()
-            };
+        for &c in &n.children {
+            let branch = trie.nodes[c]
+                .branch
+                .ok_or_else(|| anyhow!("prefix tree: node {c} has no branch"))?;
+            let input = next_input(&mut x)?;
             let y = self.plans.branch(&branch)?.run(input)?;
             self.visit(trie, c, y, leaf)?;
         }
@@ -274,27 +279,32 @@ impl Evaluator {
         let next = AtomicUsize::new(batches.start);
         let out = Mutex::new(Vec::new());
         let err: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+        // A worker never panics while holding a lock (it only pushes), so a
+        // poisoned lock still holds consistent data.
+        fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+            m.lock().unwrap_or_else(|e| e.into_inner())
+        }
         std::thread::scope(|s| {
             for _ in 0..self.threads.min(batches.len()).max(1) {
                 s.spawn(|| loop {
                     let b = next.fetch_add(1, Ordering::Relaxed);
-                    if b >= batches.end || err.lock().unwrap().is_some() {
+                    if b >= batches.end || lock(&err).is_some() {
                         break;
                     }
                     match per_batch(b) {
-                        Ok(v) => out.lock().unwrap().push((b, v)),
+                        Ok(v) => lock(&out).push((b, v)),
                         Err(e) => {
-                            *err.lock().unwrap() = Some(e);
+                            *lock(&err) = Some(e);
                             break;
                         }
                     }
                 });
             }
         });
-        if let Some(e) = err.into_inner().unwrap() {
+        if let Some(e) = err.into_inner().unwrap_or_else(|e| e.into_inner()) {
             return Err(e);
         }
-        let mut v = out.into_inner().unwrap();
+        let mut v = out.into_inner().unwrap_or_else(|e| e.into_inner());
         v.sort_by_key(|(b, _)| *b);
         Ok(v)
     }

@@ -88,6 +88,10 @@ pub struct SearchArgs {
     /// Images each generation is screened on (0: all); points near the front are finished on all.
     #[arg(long, default_value_t = SearchParams::default().screen_images)]
     pub screen_images: usize,
+    /// Images on which every single-branch subnet is scored to seed the
+    /// first generation from an additive accuracy model (0: random seeding).
+    #[arg(long, default_value_t = SearchParams::default().guide_images)]
+    pub guide_images: usize,
     #[arg(long, default_value_t = SearchParams::default().seed)]
     pub seed: u64,
     /// Evaluation batch size.
@@ -99,6 +103,9 @@ pub struct SearchArgs {
     /// Latency timing: timed rounds (median kept).
     #[arg(long, default_value_t = TimingOptions::default().runs)]
     pub runs: usize,
+    /// Latency timing: runs of a plan in a row per round, the last one timed.
+    #[arg(long, default_value_t = TimingOptions::default().back_to_back)]
+    pub back_to_back: usize,
     /// Whole subnets timed to check the latency prediction.
     #[arg(long, default_value_t = 12)]
     pub check_sample: usize,
@@ -193,6 +200,7 @@ pub fn run(args: &SearchArgs, state_dir: Option<PathBuf>) -> Result<()> {
         timing: TimingOptions {
             warmup: args.warmup,
             runs: args.runs.max(1),
+            back_to_back: args.back_to_back.max(1),
         },
         check_sample: args.check_sample.max(1),
         eval_batch: args.eval_batch.max(1),
@@ -205,6 +213,7 @@ pub fn run(args: &SearchArgs, state_dir: Option<PathBuf>) -> Result<()> {
             generations: args.generations.max(1),
             max_evals: args.max_evals.max(2),
             screen_images: args.screen_images,
+            guide_images: args.guide_images,
             ..SearchParams::default()
         },
         kinds: match args.space {
@@ -232,12 +241,13 @@ pub fn run(args: &SearchArgs, state_dir: Option<PathBuf>) -> Result<()> {
     }
     let c = s.cached.clone();
     println!(
-        "latency table: stem {:.3} ms, head {:.3} ms, {} branches ({} warm-up + {} timed rounds, median)",
+        "latency table: stem {:.3} ms, head {:.3} ms, {} branches ({} warm-up + {} timed rounds of {} back-to-back runs, median)",
         c.table.stem_ms,
         c.table.head_ms,
         c.table.branch_ms.len(),
         c.table.timing.warmup,
-        c.table.timing.runs
+        c.table.timing.runs,
+        c.table.timing.back_to_back
     );
     println!(
         "latency prediction vs {} whole subnets: materialised mean error {:.1}%, max {:.1}%; chained mean {:.1}%, max {:.1}%",

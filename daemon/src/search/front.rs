@@ -81,8 +81,9 @@ pub fn ranks(points: &[Point]) -> Vec<usize> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Choice {
     pub point: Point,
-    /// The budget is below the fastest front point: this is the fastest
-    /// subnet, and it does not fit.
+    /// The budget is below the fastest front point (by prediction, or by
+    /// measurement when the choice was checked): this is the fastest, and
+    /// it does not fit.
     pub over_budget: bool,
 }
 

@@ -2,7 +2,10 @@
 //! own batch-1 tract plan and timed on real cut tensors (the oracle path run
 //! on a real input item), after warm-up, as the median of repeated runs.
 //! Runs are interleaved (one run of every plan per round) so that a burst of
-//! load on the machine hits all plans alike rather than a few.
+//! load on the machine hits all plans alike rather than a few. Within a round
+//! a plan runs `back_to_back` times and only the last run is timed: a served
+//! subnet runs request after request with its weights in cache, while a plan
+//! timed right after 40 others would find them evicted and be overestimated.
 //!
 //! A subnet's predicted latency is stem + its branches + head. [`check`]
 //! times a sample of whole subnets, both as chained span plans and as one
@@ -26,6 +29,13 @@ pub struct TimingOptions {
     pub warmup: usize,
     /// Timed rounds; the median is kept.
     pub runs: usize,
+    /// Runs of a plan in a row per round, the last one timed (at least 1).
+    #[serde(default = "one")]
+    pub back_to_back: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for TimingOptions {
@@ -33,6 +43,7 @@ impl Default for TimingOptions {
         TimingOptions {
             warmup: 10,
             runs: 41,
+            back_to_back: 2,
         }
     }
 }
@@ -108,6 +119,9 @@ pub fn time_interleaved(plans: &[(&Plan, &Tensor)], t: TimingOptions) -> Result<
     let mut samples = vec![Vec::with_capacity(t.runs); plans.len()];
     for round in 0..t.warmup + t.runs.max(1) {
         for (k, (plan, input)) in plans.iter().enumerate() {
+            for _ in 1..t.back_to_back {
+                drop(plan.run((*input).clone())?);
+            }
             let x = (*input).clone();
             let start = Instant::now();
             let out = plan.run(x)?;
@@ -239,21 +253,34 @@ pub fn check(
             chain.plans.push(plans.branch(b)?);
         }
         chain.plans.push(&plans.head);
-        // interleave: one chained run, one materialised run per round
+        // interleave: chained runs, then materialised runs, every round
         let (mut tc, mut tw) = (Vec::new(), Vec::new());
-        for round in 0..table.timing.warmup + table.timing.runs.max(1) {
-            let x = input.clone();
+        let run_chain = || -> Result<f64> {
+            let mut y = input.clone();
             let t0 = Instant::now();
-            let mut y = x;
             for p in &chain.plans {
                 y = p.run(y)?;
             }
-            let c = t0.elapsed().as_secs_f64() * 1e3;
+            drop(y);
+            Ok(t0.elapsed().as_secs_f64() * 1e3)
+        };
+        let run_whole = || -> Result<f64> {
             let x = input.clone();
-            let t1 = Instant::now();
+            let t0 = Instant::now();
             let out = whole.run(x)?;
-            let w = t1.elapsed().as_secs_f64() * 1e3;
+            let el = t0.elapsed().as_secs_f64() * 1e3;
             drop(out);
+            Ok(el)
+        };
+        for round in 0..table.timing.warmup + table.timing.runs.max(1) {
+            for _ in 1..table.timing.back_to_back {
+                run_chain()?;
+            }
+            let c = run_chain()?;
+            for _ in 1..table.timing.back_to_back {
+                run_whole()?;
+            }
+            let w = run_whole()?;
             if round >= table.timing.warmup {
                 tc.push(c);
                 tw.push(w);

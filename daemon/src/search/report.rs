@@ -168,6 +168,7 @@ pub fn report_json(
             "branches_ms": c.table.branch_ms,
             "warmup": c.table.timing.warmup,
             "runs": c.table.timing.runs,
+            "back_to_back": c.table.timing.back_to_back,
             "table_seconds": c.table.seconds,
             "prediction_mean_error_pct": c.check.mean_error_pct,
             "prediction_max_error_pct": c.check.max_error_pct,

@@ -5,9 +5,8 @@
 //!
 //! - **exhaustive**: every subnet of the space, as one prefix tree over all
 //!   the data; used by `auto` when the space fits the evaluation budget.
-//! - **evolutionary** (the paper's): a population (default 100) seeded
-//!   across the latency range from the latency table; each generation the
-//!   top 25% by latency-aware fitness (non-dominated rank on predicted
+//! - **evolutionary** (the paper's): a population (default 100); each
+//!   generation the top 25% by latency-aware fitness (non-dominated rank on predicted
 //!   latency and accuracy, then crowding distance so the whole front is kept
 //!   covered) become parents; children come from crossover at a cut both
 //!   parents pass through and from per-position mutation (probability 0.1);
@@ -16,6 +15,14 @@
 //!   successive halving is used: generations are scored on the first
 //!   `screen_images` images, and the points near the front are then
 //!   finished on the rest; the front is built from finished points only.
+//!
+//!   The first generation is either the paper's (random subnets spread
+//!   evenly over the predicted latency range, the default) or, with
+//!   `guide_images > 0`, seeded by an additive accuracy model: the oracle
+//!   path and every single-branch subnet are scored on that many images, a
+//!   subnet's modelled accuracy is the oracle's plus each of its branches'
+//!   drop, and the modelled Pareto layers over the whole enumerated space
+//!   (predicted latency from the table) give the population.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -63,6 +70,11 @@ pub struct SearchParams {
     /// Stop starting new generations after this many seconds (0: no limit).
     pub time_limit_s: f64,
     pub seed: u64,
+    /// Images on which every single-branch subnet is scored to fit the
+    /// additive accuracy model that seeds the first generation (0: seed at
+    /// random across the latency range instead).
+    #[serde(default)]
+    pub guide_images: usize,
 }
 
 impl Default for SearchParams {
@@ -80,6 +92,7 @@ impl Default for SearchParams {
             max_finish: 24,
             time_limit_s: 0.0,
             seed: 1,
+            guide_images: 0,
         }
     }
 }
@@ -217,7 +230,7 @@ fn crowding(points: &[Point], idx: &[usize]) -> HashMap<usize, f64> {
         d.insert(o[0], f64::INFINITY);
         d.insert(o[o.len() - 1], f64::INFINITY);
         for k in 1..o.len() - 1 {
-            *d.get_mut(&o[k]).unwrap() += (val(o[k + 1]) - val(o[k - 1])) / span;
+            *d.entry(o[k]).or_insert(0.0) += (val(o[k + 1]) - val(o[k - 1])) / span;
         }
     }
     d
@@ -251,26 +264,60 @@ pub fn select(points: &[Point], k: usize) -> Vec<usize> {
     out
 }
 
-/// Book-keeping shared by the strategies.
+/// Book-keeping shared by the strategies. Every subnet is scored on a
+/// prefix of the batches (`done`), extended on demand, never twice.
 struct Archive<'a> {
     ev: &'a Evaluator,
     look: &'a LatencyLookup,
     scores: HashMap<SubnetId, Score>,
+    /// Batches 0..done[s] are in scores[s].
+    done: HashMap<SubnetId, usize>,
     order: Vec<SubnetId>,
     tree_runs: usize,
     naive_runs: usize,
 }
 
 impl<'a> Archive<'a> {
-    fn eval(&mut self, subnets: &[SubnetId], batches: std::ops::Range<usize>) -> Result<()> {
+    fn new(ev: &'a Evaluator, look: &'a LatencyLookup) -> Archive<'a> {
+        Archive {
+            ev,
+            look,
+            scores: HashMap::new(),
+            done: HashMap::new(),
+            order: Vec::new(),
+            tree_runs: 0,
+            naive_runs: 0,
+        }
+    }
+
+    /// Score `subnets` on the first `upto` batches (only the batches each
+    /// one has not been scored on yet), one prefix tree per starting batch.
+    fn eval_to(&mut self, subnets: &[SubnetId], upto: usize) -> Result<()> {
+        let mut groups: std::collections::BTreeMap<usize, Vec<SubnetId>> = Default::default();
+        let mut seen = HashSet::new();
+        for s in subnets {
+            let from = self.done.get(s).copied().unwrap_or(0);
+            if from < upto && seen.insert(s) {
+                groups.entry(from).or_default().push(s.clone());
+            }
+        }
+        for (from, group) in groups {
+            self.eval_range(&group, from..upto)?;
+        }
+        Ok(())
+    }
+
+    fn eval_range(&mut self, subnets: &[SubnetId], batches: std::ops::Range<usize>) -> Result<()> {
         if subnets.is_empty() || batches.is_empty() {
             return Ok(());
         }
         let w = Evaluator::work(subnets);
         self.tree_runs += w.tree * batches.len();
         self.naive_runs += w.naive * batches.len();
+        let end = batches.end;
         let scores = self.ev.evaluate(subnets, batches)?;
         for (s, sc) in subnets.iter().zip(scores) {
+            self.done.insert(s.clone(), end);
             match self.scores.get_mut(s) {
                 Some(old) => old.add(sc),
                 None => {
@@ -325,15 +372,8 @@ pub fn search(
 pub fn exhaustive(net: &Supernet, look: &LatencyLookup, ev: &Evaluator) -> Result<Outcome> {
     let t = Instant::now();
     let all = net.enumerate();
-    let mut ar = Archive {
-        ev,
-        look,
-        scores: HashMap::new(),
-        order: Vec::new(),
-        tree_runs: 0,
-        naive_runs: 0,
-    };
-    ar.eval(&all, 0..ev.batches())?;
+    let mut ar = Archive::new(ev, look);
+    ar.eval_to(&all, ev.batches())?;
     let points = ar.points();
     let front = pareto_front(&points)
         .iter()
@@ -380,6 +420,96 @@ fn seed_population(net: &Supernet, look: &LatencyLookup, n: usize, rng: &mut Rng
     pop
 }
 
+/// Spaces up to this many subnets are enumerated to seed the search.
+const ENUMERATE_LIMIT: u128 = 1_000_000;
+
+/// The oracle path with `b` swapped in.
+pub fn single_branch(net: &Supernet, b: BranchId) -> SubnetId {
+    let mut path = Vec::new();
+    let mut at = 0;
+    while at < net.num_blocks() {
+        if at == b.from_cut() {
+            path.push(b);
+            at = b.to_cut();
+        } else {
+            path.push(BranchId::Original { block: at });
+            at += 1;
+        }
+    }
+    SubnetId(path)
+}
+
+/// The first generation from an additive accuracy model: the oracle path and
+/// every single-branch subnet are scored on the first `guide` batches; a
+/// subnet's modelled accuracy is the oracle's plus the drop of each of its
+/// new branches when swapped in alone. Every subnet of the space is
+/// enumerated with its predicted latency and modelled accuracy, and the
+/// best `n` by the same latency-aware fitness as the evolution (rank, then
+/// crowding) become the population, with the oracle and the fastest subnet.
+fn guided_population(
+    net: &Supernet,
+    look: &LatencyLookup,
+    ar: &mut Archive,
+    guide: usize,
+    n: usize,
+) -> Result<Vec<SubnetId>> {
+    let oracle = net.oracle();
+    let news: Vec<BranchId> = net
+        .branches()
+        .filter(|b| !matches!(b, BranchId::Original { .. }))
+        .collect();
+    let mut singles = vec![oracle.clone()];
+    singles.extend(news.iter().map(|&b| single_branch(net, b)));
+    ar.eval_to(&singles, guide)?;
+    let base = ar.scores[&oracle].accuracy();
+    let drop: HashMap<BranchId, f64> = news
+        .iter()
+        .zip(&singles[1..])
+        .map(|(&b, s)| (b, ar.scores[s].accuracy() - base))
+        .collect();
+    let all = net.enumerate();
+    // (predicted ms, modelled accuracy) by latency, then accuracy descending
+    let mut left: Vec<(f64, f64, usize)> = all
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let acc = base + s.branches().iter().filter_map(|b| drop.get(b)).sum::<f64>();
+            (look.predict(s), acc, i)
+        })
+        .filter(|(ms, acc, _)| ms.is_finite() && acc.is_finite())
+        .collect();
+    left.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)));
+    let mut pop = vec![oracle, fastest_subnet(net, look)];
+    // peel modelled fronts until the population is full; the last front is
+    // thinned evenly along latency
+    while pop.len() < n && !left.is_empty() {
+        let mut best = f64::NEG_INFINITY;
+        let (mut front, mut rest) = (Vec::new(), Vec::new());
+        for p in left {
+            if p.1 > best {
+                best = p.1;
+                front.push(p);
+            } else {
+                rest.push(p);
+            }
+        }
+        left = rest;
+        let room = n - pop.len();
+        let take: Vec<usize> = if front.len() <= room {
+            (0..front.len()).collect()
+        } else {
+            (0..room).map(|k| k * front.len() / room).collect()
+        };
+        for k in take {
+            let s = &all[front[k].2];
+            if !pop.contains(s) {
+                pop.push(s.clone());
+            }
+        }
+    }
+    Ok(pop)
+}
+
 /// The paper's evolutionary search (see the module doc).
 pub fn evolutionary(
     net: &Supernet,
@@ -398,19 +528,43 @@ pub fn evolutionary(
             .div_ceil(ev.batch_size())
             .clamp(1, all_batches)
     };
-    let mut ar = Archive {
-        ev,
-        look,
-        scores: HashMap::new(),
-        order: Vec::new(),
-        tree_runs: 0,
-        naive_runs: 0,
-    };
+    let mut ar = Archive::new(ev, look);
     let pop_size = params.population.max(2);
     let n_parents = ((pop_size as f64 * params.parents).round() as usize).max(2);
-    let mut population = seed_population(net, look, pop_size, &mut rng);
-    population.truncate(params.max_evals.max(2));
-    ar.eval(&population, 0..screen)?;
+    let guide = if params.guide_images == 0 {
+        0
+    } else {
+        params
+            .guide_images
+            .div_ceil(ev.batch_size())
+            .clamp(screen, all_batches)
+    };
+    // the single-branch subnets count against the evaluation budget: guide
+    // only when they take at most half of it
+    let singles = net.branches().count() - net.num_blocks() + 1;
+    let guided =
+        if guide > 0 && net.count_subnets() <= ENUMERATE_LIMIT && 2 * singles <= params.max_evals {
+            Some(guided_population(net, look, &mut ar, guide, pop_size)?)
+        } else {
+            None
+        };
+    let mut population = match &guided {
+        Some(p) => p.clone(),
+        None => seed_population(net, look, pop_size, &mut rng),
+    };
+    // subnets already scored (the singles) are free; new ones fill the budget
+    let mut room = params.max_evals.max(2).saturating_sub(ar.order.len());
+    population.retain(|s| {
+        if ar.scores.contains_key(s) {
+            true
+        } else if room > 0 {
+            room -= 1;
+            true
+        } else {
+            false
+        }
+    });
+    ar.eval_to(&population, screen)?;
     let mut generations = 1;
     let mut parents: Vec<SubnetId> = Vec::new();
     while generations < params.generations.max(1) {
@@ -452,7 +606,7 @@ pub fn evolutionary(
         if children.is_empty() {
             break;
         }
-        ar.eval(&children, 0..screen)?;
+        ar.eval_to(&children, screen)?;
         // the next generation: children plus the parents (elitism)
         population = children;
         population.extend(parents.iter().cloned());
@@ -482,7 +636,7 @@ pub fn evolutionary(
         if !finished.contains(&net.oracle()) {
             finished.push(net.oracle());
         }
-        ar.eval(&finished, screen..all_batches)?;
+        ar.eval_to(&finished, all_batches)?;
     }
     let points = ar.points();
     let full = ev.items(0..all_batches) as u64;
@@ -495,14 +649,21 @@ pub fn evolutionary(
         .iter()
         .map(|&i| complete[i].clone())
         .collect();
+    let seeded = match &guided {
+        Some(_) => format!(
+            "seeded by a single-branch accuracy model on {} images, ",
+            ev.items(0..guide)
+        ),
+        None => String::new(),
+    };
     let method = if screen < all_batches {
         format!(
-            "evolutionary (population {pop_size}, {generations} generations, screened on {} images, {} finished on {full})",
+            "evolutionary ({seeded}population {pop_size}, {generations} generations, screened on {} images, {} finished on {full})",
             ev.items(0..screen),
             finished.len()
         )
     } else {
-        format!("evolutionary (population {pop_size}, {generations} generations)")
+        format!("evolutionary ({seeded}population {pop_size}, {generations} generations)")
     };
     Ok(Outcome {
         method,
