@@ -88,10 +88,6 @@ pub struct SearchArgs {
     /// Images each generation is screened on (0: all); points near the front are finished on all.
     #[arg(long, default_value_t = SearchParams::default().screen_images)]
     pub screen_images: usize,
-    /// Images on which every single-branch subnet is scored to seed the
-    /// first generation from an additive accuracy model (0: random seeding).
-    #[arg(long, default_value_t = SearchParams::default().guide_images)]
-    pub guide_images: usize,
     #[arg(long, default_value_t = SearchParams::default().seed)]
     pub seed: u64,
     /// Evaluation batch size.
@@ -213,7 +209,6 @@ pub fn run(args: &SearchArgs, state_dir: Option<PathBuf>) -> Result<()> {
             generations: args.generations.max(1),
             max_evals: args.max_evals.max(2),
             screen_images: args.screen_images,
-            guide_images: args.guide_images,
             ..SearchParams::default()
         },
         kinds: match args.space {

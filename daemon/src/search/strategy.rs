@@ -15,14 +15,8 @@
 //!   successive halving is used: generations are scored on the first
 //!   `screen_images` images, and the points near the front are then
 //!   finished on the rest; the front is built from finished points only.
-//!
-//!   The first generation is either the paper's (random subnets spread
-//!   evenly over the predicted latency range, the default) or, with
-//!   `guide_images > 0`, seeded by an additive accuracy model: the oracle
-//!   path and every single-branch subnet are scored on that many images, a
-//!   subnet's modelled accuracy is the oracle's plus each of its branches'
-//!   drop, and the modelled Pareto layers over the whole enumerated space
-//!   (predicted latency from the table) give the population.
+//!   The first generation is the paper's: the oracle, the fastest subnet
+//!   and random subnets spread evenly over the predicted latency range.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -70,11 +64,6 @@ pub struct SearchParams {
     /// Stop starting new generations after this many seconds (0: no limit).
     pub time_limit_s: f64,
     pub seed: u64,
-    /// Images on which every single-branch subnet is scored to fit the
-    /// additive accuracy model that seeds the first generation (0: seed at
-    /// random across the latency range instead).
-    #[serde(default)]
-    pub guide_images: usize,
 }
 
 impl Default for SearchParams {
@@ -92,7 +81,6 @@ impl Default for SearchParams {
             max_finish: 24,
             time_limit_s: 0.0,
             seed: 1,
-            guide_images: 0,
         }
     }
 }
@@ -420,96 +408,6 @@ fn seed_population(net: &Supernet, look: &LatencyLookup, n: usize, rng: &mut Rng
     pop
 }
 
-/// Spaces up to this many subnets are enumerated to seed the search.
-const ENUMERATE_LIMIT: u128 = 1_000_000;
-
-/// The oracle path with `b` swapped in.
-pub fn single_branch(net: &Supernet, b: BranchId) -> SubnetId {
-    let mut path = Vec::new();
-    let mut at = 0;
-    while at < net.num_blocks() {
-        if at == b.from_cut() {
-            path.push(b);
-            at = b.to_cut();
-        } else {
-            path.push(BranchId::Original { block: at });
-            at += 1;
-        }
-    }
-    SubnetId(path)
-}
-
-/// The first generation from an additive accuracy model: the oracle path and
-/// every single-branch subnet are scored on the first `guide` batches; a
-/// subnet's modelled accuracy is the oracle's plus the drop of each of its
-/// new branches when swapped in alone. Every subnet of the space is
-/// enumerated with its predicted latency and modelled accuracy, and the
-/// best `n` by the same latency-aware fitness as the evolution (rank, then
-/// crowding) become the population, with the oracle and the fastest subnet.
-fn guided_population(
-    net: &Supernet,
-    look: &LatencyLookup,
-    ar: &mut Archive,
-    guide: usize,
-    n: usize,
-) -> Result<Vec<SubnetId>> {
-    let oracle = net.oracle();
-    let news: Vec<BranchId> = net
-        .branches()
-        .filter(|b| !matches!(b, BranchId::Original { .. }))
-        .collect();
-    let mut singles = vec![oracle.clone()];
-    singles.extend(news.iter().map(|&b| single_branch(net, b)));
-    ar.eval_to(&singles, guide)?;
-    let base = ar.scores[&oracle].accuracy();
-    let drop: HashMap<BranchId, f64> = news
-        .iter()
-        .zip(&singles[1..])
-        .map(|(&b, s)| (b, ar.scores[s].accuracy() - base))
-        .collect();
-    let all = net.enumerate();
-    // (predicted ms, modelled accuracy) by latency, then accuracy descending
-    let mut left: Vec<(f64, f64, usize)> = all
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let acc = base + s.branches().iter().filter_map(|b| drop.get(b)).sum::<f64>();
-            (look.predict(s), acc, i)
-        })
-        .filter(|(ms, acc, _)| ms.is_finite() && acc.is_finite())
-        .collect();
-    left.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)));
-    let mut pop = vec![oracle, fastest_subnet(net, look)];
-    // peel modelled fronts until the population is full; the last front is
-    // thinned evenly along latency
-    while pop.len() < n && !left.is_empty() {
-        let mut best = f64::NEG_INFINITY;
-        let (mut front, mut rest) = (Vec::new(), Vec::new());
-        for p in left {
-            if p.1 > best {
-                best = p.1;
-                front.push(p);
-            } else {
-                rest.push(p);
-            }
-        }
-        left = rest;
-        let room = n - pop.len();
-        let take: Vec<usize> = if front.len() <= room {
-            (0..front.len()).collect()
-        } else {
-            (0..room).map(|k| k * front.len() / room).collect()
-        };
-        for k in take {
-            let s = &all[front[k].2];
-            if !pop.contains(s) {
-                pop.push(s.clone());
-            }
-        }
-    }
-    Ok(pop)
-}
-
 /// The paper's evolutionary search (see the module doc).
 pub fn evolutionary(
     net: &Supernet,
@@ -531,39 +429,8 @@ pub fn evolutionary(
     let mut ar = Archive::new(ev, look);
     let pop_size = params.population.max(2);
     let n_parents = ((pop_size as f64 * params.parents).round() as usize).max(2);
-    let guide = if params.guide_images == 0 {
-        0
-    } else {
-        params
-            .guide_images
-            .div_ceil(ev.batch_size())
-            .clamp(screen, all_batches)
-    };
-    // the single-branch subnets count against the evaluation budget: guide
-    // only when they take at most half of it
-    let singles = net.branches().count() - net.num_blocks() + 1;
-    let guided =
-        if guide > 0 && net.count_subnets() <= ENUMERATE_LIMIT && 2 * singles <= params.max_evals {
-            Some(guided_population(net, look, &mut ar, guide, pop_size)?)
-        } else {
-            None
-        };
-    let mut population = match &guided {
-        Some(p) => p.clone(),
-        None => seed_population(net, look, pop_size, &mut rng),
-    };
-    // subnets already scored (the singles) are free; new ones fill the budget
-    let mut room = params.max_evals.max(2).saturating_sub(ar.order.len());
-    population.retain(|s| {
-        if ar.scores.contains_key(s) {
-            true
-        } else if room > 0 {
-            room -= 1;
-            true
-        } else {
-            false
-        }
-    });
+    let mut population = seed_population(net, look, pop_size, &mut rng);
+    population.truncate(params.max_evals.max(2));
     ar.eval_to(&population, screen)?;
     let mut generations = 1;
     let mut parents: Vec<SubnetId> = Vec::new();
@@ -649,21 +516,14 @@ pub fn evolutionary(
         .iter()
         .map(|&i| complete[i].clone())
         .collect();
-    let seeded = match &guided {
-        Some(_) => format!(
-            "seeded by a single-branch accuracy model on {} images, ",
-            ev.items(0..guide)
-        ),
-        None => String::new(),
-    };
     let method = if screen < all_batches {
         format!(
-            "evolutionary ({seeded}population {pop_size}, {generations} generations, screened on {} images, {} finished on {full})",
+            "evolutionary (population {pop_size}, {generations} generations, screened on {} images, {} finished on {full})",
             ev.items(0..screen),
             finished.len()
         )
     } else {
-        format!("evolutionary ({seeded}population {pop_size}, {generations} generations)")
+        format!("evolutionary (population {pop_size}, {generations} generations)")
     };
     Ok(Outcome {
         method,
