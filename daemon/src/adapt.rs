@@ -492,7 +492,10 @@ impl Controller {
             s.percentile = cfg.latency_budget.percentile;
             return;
         };
-        let result = active.result.as_ref().expect("front comes from the result");
+        // the front came from this result, so it is present
+        let Some(result) = active.result.as_ref() else {
+            return;
+        };
         let sha = active.bundle.sha256.clone();
         // A new bundle or a new search result: a fresh table.
         if self.source.as_ref() != Some(&(sha.clone(), front.clone())) {

@@ -140,7 +140,9 @@ pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, i: &Inputs) -> Action
     let s = i.slowdown.max(1e-6);
     let est = |k: usize| i.front[k].table_ms * s;
     let fit = best_fit(i.front, i.budget_ms, s, 1.0);
-    let target = fit.or_else(|| fastest(i.front)).expect("non-empty front");
+    let Some(target) = fit.or_else(|| fastest(i.front)) else {
+        return Action::Stay;
+    };
     let describe = |k: usize| {
         format!(
             "`{}` ({:.3} ms x {s:.2} = {:.3} ms, accuracy {:.4})",
