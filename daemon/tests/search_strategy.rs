@@ -1,7 +1,8 @@
 //! Strategies on the real untrained bundle: on the merge-only space (149
 //! subnets, small enough to evaluate exhaustively) the default evolutionary
 //! search, given half the evaluations, finds subnets within 1 point of the
-//! exhaustive optimum at 0.5, 0.6 and 0.8 of the oracle's latency; and the
+//! exhaustive optimum at 0.5, 0.6 and 0.8 of the oracle's latency (median
+//! of three seeds); the local search's neighbourhood is right; and the
 //! latency table predicts whole-subnet latency.
 
 mod search_util;
@@ -34,41 +35,96 @@ fn evolutionary_search_is_within_one_point_of_exhaustive_on_the_merge_space() {
     let ev = Evaluator::new(&net, &data, 100, 2).unwrap();
     let ex = strategy::exhaustive(&net, &look, &ev).unwrap();
     assert_eq!(ex.evaluations, 149);
-    let params = SearchParams {
-        strategy: StrategyKind::Evolutionary,
-        population: 25,
-        max_evals: 75,
-        screen_images: 0,
-        ..SearchParams::default()
-    };
-    let evo = strategy::search(&net, &look, &ev, &params).unwrap();
-    println!(
-        "exhaustive: 149 subnets in {:.1} s; {}: {} subnets in {:.1} s",
-        ex.seconds, evo.method, evo.evaluations, evo.seconds
-    );
-    assert!(evo.evaluations <= 75);
-    // every point was scored once on every image
-    assert!(evo.points.iter().all(|p| p.images == 500));
     let oracle_ms = look.predict(&net.oracle());
-    for f in [0.5, 0.6, 0.8] {
-        let budget = f * oracle_ms;
-        let best = choose(&ex.front, budget).unwrap();
-        let got = choose(&evo.front, budget).unwrap();
+    let budgets = [0.5, 0.6, 0.8];
+    // the strategy is randomised: each budget is judged on the median gap
+    // of three seeds, so one unlucky run is not the verdict
+    let mut gaps: Vec<Vec<f64>> = vec![Vec::new(); budgets.len()];
+    for seed in 1..=3 {
+        let params = SearchParams {
+            strategy: StrategyKind::Evolutionary,
+            population: 25,
+            max_evals: 75,
+            screen_images: 0,
+            seed,
+            ..SearchParams::default()
+        };
+        let evo = strategy::search(&net, &look, &ev, &params).unwrap();
         println!(
-            "{f:.1}x ({budget:.3} ms): exhaustive `{}` {:.2}%, evolutionary `{}` {:.2}%",
-            best.point.subnet,
-            best.point.accuracy * 100.0,
-            got.point.subnet,
-            got.point.accuracy * 100.0
+            "exhaustive: 149 subnets in {:.1} s; seed {seed}, {}: {} subnets in {:.1} s",
+            ex.seconds, evo.method, evo.evaluations, evo.seconds
         );
-        assert!(!got.over_budget || best.over_budget);
+        assert!(evo.evaluations <= 75);
+        // every point was scored once on every image
+        assert!(evo.points.iter().all(|p| p.images == 500));
+        for (k, f) in budgets.iter().enumerate() {
+            let budget = f * oracle_ms;
+            let best = choose(&ex.front, budget).unwrap();
+            let got = choose(&evo.front, budget).unwrap();
+            println!(
+                "  {f:.1}x ({budget:.3} ms): exhaustive `{}` {:.2}%, evolutionary `{}` {:.2}%",
+                best.point.subnet,
+                best.point.accuracy * 100.0,
+                got.point.subnet,
+                got.point.accuracy * 100.0
+            );
+            assert!(!got.over_budget || best.over_budget);
+            assert!(got.point.accuracy <= best.point.accuracy + 1e-12);
+            gaps[k].push(best.point.accuracy - got.point.accuracy);
+        }
+    }
+    for (k, f) in budgets.iter().enumerate() {
+        let mut g = gaps[k].clone();
+        g.sort_by(|a, b| a.total_cmp(b));
+        println!("{f:.1}x: gaps {g:.3?}, median {:.3}", g[1]);
         assert!(
-            got.point.accuracy >= best.point.accuracy - 0.01,
-            "{f}: {} vs {}",
-            got.point.accuracy,
-            best.point.accuracy
+            g[1] <= 0.01 + 1e-9,
+            "{f}x: median gap {:.3} over 1 point",
+            g[1]
         );
     }
+}
+
+#[test]
+fn neighbours_of_the_oracle_are_the_single_branch_subnets() {
+    let bundle = search_util::bundle();
+    let net = Supernet::of_bundle(&bundle).unwrap();
+    let oracle = net.oracle();
+    let mut n = strategy::neighbours(&net, &oracle);
+    let count = n.len();
+    n.sort_by_key(|s| s.to_string());
+    n.dedup();
+    assert_eq!(n.len(), count, "duplicates");
+    let new_branches = bundle
+        .manifest
+        .branches
+        .iter()
+        .filter(|b| b.kind != BranchKind::Original)
+        .count();
+    assert_eq!(count, new_branches);
+    for s in &n {
+        assert_eq!(
+            s.branches()
+                .iter()
+                .filter(|b| b.kind() != BranchKind::Original)
+                .count(),
+            1,
+            "{s}"
+        );
+        assert!(bundle.manifest.validate_subnet(s).is_ok(), "{s}");
+    }
+    // from a subnet with a merge: undoing it is a neighbour, and every
+    // neighbour differs from it and is a valid path
+    let merged = n
+        .iter()
+        .find(|s| s.to_string().contains("x2"))
+        .unwrap()
+        .clone();
+    let around = strategy::neighbours(&net, &merged);
+    assert!(around.contains(&oracle));
+    assert!(around
+        .iter()
+        .all(|s| *s != merged && bundle.manifest.validate_subnet(s).is_ok()));
 }
 
 #[test]

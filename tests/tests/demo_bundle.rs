@@ -1,8 +1,8 @@
 //! The committed demo bundle (`demo/fmnist-resnet.bundle`, made by
 //! `demo/make-demo-bundle.sh`): it verifies against the demo key, its oracle
 //! path is the oracle bit for bit, and on the full 10k Fashion-MNIST test set
-//! the most merged subnet reaches the 85% and no single-branch subnet
-//! falls below the level the committed bundle was measured at (see the
+//! the most merged subnet reaches the 85% and every single-branch
+//! subnet is within the 2 points of the oracle path (see the
 //! constants and README).
 
 use adaptivenet_cloud_tools::cmd_subnet::{
@@ -14,11 +14,11 @@ use adaptivenet_onnx::{GraphIndex, Oracle, Plan};
 use adaptivenet_tests::{fixtures, fmnist_subset, fmnist_test_full, oracle_path};
 
 /// No single-branch subnet is further below the oracle path than this
-/// (top-1, fraction). The committed bundle's worst is m5x3 at -2.87 points;
-/// the goal is -2 (28 of 33 meet it), so this guards the measured level.
-const MAX_SINGLE_BRANCH_DROP: f64 = -0.03;
+/// (top-1, fraction): the goal. The committed bundle's worst is
+/// m5x3 at -1.85 points.
+const MAX_SINGLE_BRANCH_DROP: f64 = -0.02;
 /// The most merged subnet reaches at least this top-1 (the goal;
-/// the committed bundle measures 86.46%).
+/// the committed bundle measures 88.69%).
 const MIN_MOST_MERGED: f64 = 0.85;
 
 fn demo() -> Bundle {

@@ -222,9 +222,10 @@ pub fn run(args: &ElastifyArgs) -> Result<()> {
         tool: "adaptivenet elastify".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         note: Some(format!(
-            "seed {}, stage 1 {} samples/branch, stage 2 {} steps x {} subnets, batch {batch}",
+            "seed {}, stage 1 {} samples/branch (+{} per extra merged block), stage 2 {} steps x {} subnets, batch {batch}",
             spec.training.seed,
             spec.training.stage1.samples,
+            spec.training.stage1.samples_per_extra_block,
             spec.training.stage2.steps,
             spec.training.stage2.paths_per_step
         )),

@@ -76,6 +76,9 @@ impl Default for TrainingSpec {
 pub struct Stage1Spec {
     /// Training samples each branch sees (0 skips the stage).
     pub samples: usize,
+    /// More samples for a merge branch for each block beyond the first it
+    /// stands in for (a merge of 3 blocks sees `samples + 2 x this`).
+    pub samples_per_extra_block: usize,
     pub learning_rate: f64,
     pub weight_decay: f64,
     /// How the learning rate changes over the stage.
@@ -86,6 +89,7 @@ impl Default for Stage1Spec {
     fn default() -> Self {
         Stage1Spec {
             samples: 6144,
+            samples_per_extra_block: 0,
             learning_rate: 1e-3,
             weight_decay: 0.0,
             schedule: Schedule::Cosine,

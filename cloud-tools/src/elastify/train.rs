@@ -145,19 +145,30 @@ pub fn stage1(
         .iter()
         .map(|b| AdamW::new(branch_vars(interp, b), params.clone()))
         .collect::<candle_core::Result<_>>()?;
-    let steps = spec.samples / teacher.batch;
-    let pb = bar((steps * branches.len()) as u64, "stage 1");
+    // a merge of k blocks trains for longer: samples + (k - 1) x extra
+    let own_steps: Vec<usize> = branches
+        .iter()
+        .map(|b| {
+            let extra = b.to.saturating_sub(b.from).saturating_sub(1);
+            (spec.samples + extra * spec.samples_per_extra_block) / teacher.batch
+        })
+        .collect();
+    let steps = own_steps.iter().copied().max().unwrap_or(0);
+    let pb = bar(own_steps.iter().sum::<usize>() as u64, "stage 1");
     let start = Instant::now();
     let mut ema = vec![0f64; branches.len()];
+    let mut seen = 0usize;
     let mut logged = 0;
     for step in 0..steps {
         let idx: Vec<usize> = (0..teacher.batch)
             .map(|k| train[(step * teacher.batch + k) % train.len()])
             .collect();
         let tb = teacher.batch(&idx)?;
-        let lr = spec.schedule.rate(spec.learning_rate, step, steps);
         for (j, b) in branches.iter().enumerate() {
-            opts[j].set_learning_rate(lr);
+            if step >= own_steps[j] {
+                continue;
+            }
+            opts[j].set_learning_rate(spec.schedule.rate(spec.learning_rate, step, own_steps[j]));
             let pred = interp.forward(
                 &[(cut(b.from), tb.cuts[b.from].clone())],
                 &[b.tensor.as_str()],
@@ -166,13 +177,13 @@ pub fn stage1(
             opts[j].backward_step(&loss)?;
             let l = loss.to_scalar::<f32>()? as f64;
             ema[j] = if step == 0 { l } else { 0.9 * ema[j] + 0.1 * l };
+            seen += teacher.batch;
             pb.inc(1);
         }
-        let done = (step + 1) * teacher.batch;
         pb.set_message(format!(
             "mean mse {:.4}  {:.0} samples/s",
             ema.iter().sum::<f64>() / ema.len().max(1) as f64,
-            done as f64 * branches.len() as f64 / start.elapsed().as_secs_f64()
+            seen as f64 / start.elapsed().as_secs_f64()
         ));
         log_progress(&pb, "stage 1", &mut logged);
     }

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use super::latency::{LatencyTable, PredictionCheck};
 use super::strategy::{Outcome, SearchParams};
 
-/// Bumped when the stored format changes.
-pub const CACHE_FORMAT: u32 = 1;
+/// Bumped when the stored format, or the search that made it, changes.
+pub const CACHE_FORMAT: u32 = 2;
 
 /// The device fingerprint with the evaluation thread count.
 pub fn fingerprint(threads: usize) -> String {

@@ -88,6 +88,9 @@ pub struct SearchArgs {
     /// Images each generation is screened on (0: all); points near the front are finished on all.
     #[arg(long, default_value_t = SearchParams::default().screen_images)]
     pub screen_images: usize,
+    /// Share of the evaluation budget kept for the local search around the front.
+    #[arg(long, default_value_t = SearchParams::default().polish)]
+    pub polish: f64,
     #[arg(long, default_value_t = SearchParams::default().seed)]
     pub seed: u64,
     /// Evaluation batch size.
@@ -209,6 +212,7 @@ pub fn run(args: &SearchArgs, state_dir: Option<PathBuf>) -> Result<()> {
             generations: args.generations.max(1),
             max_evals: args.max_evals.max(2),
             screen_images: args.screen_images,
+            polish: args.polish.clamp(0.0, 0.9),
             ..SearchParams::default()
         },
         kinds: match args.space {

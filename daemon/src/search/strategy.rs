@@ -17,6 +17,14 @@
 //!   finished on the rest; the front is built from finished points only.
 //!   The first generation is the paper's: the oracle, the fastest subnet
 //!   and random subnets spread evenly over the predicted latency range.
+//!   A share of the evaluation budget (`polish`, default 40%) is kept
+//!   for a local search around the front after the generations: the
+//!   one-step neighbours of front points (see [`neighbours`]) are ranked
+//!   by the front area they would add if they were `polish_margin` more
+//!   accurate than the point they come from, and evaluated best first, a
+//!   few at a time, until the share is spent or no neighbour could add to
+//!   the front. Generations find the region; the polish finds the points a
+//!   single swap away that random mutation and crossover miss.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -61,6 +69,11 @@ pub struct SearchParams {
     pub finish_margin: f64,
     /// At most this many points are finished.
     pub max_finish: usize,
+    /// Share of `max_evals` kept for the local search around the front.
+    pub polish: f64,
+    /// The local search's optimism: a neighbour is ranked as if it were
+    /// this much more accurate than the front point it comes from.
+    pub polish_margin: f64,
     /// Stop starting new generations after this many seconds (0: no limit).
     pub time_limit_s: f64,
     pub seed: u64,
@@ -79,6 +92,8 @@ impl Default for SearchParams {
             screen_images: 250,
             finish_margin: 0.02,
             max_finish: 24,
+            polish: 0.4,
+            polish_margin: 0.02,
             time_limit_s: 0.0,
             seed: 1,
         }
@@ -193,6 +208,56 @@ pub fn crossover(a: &SubnetId, b: &SubnetId, rng: &mut Rng) -> SubnetId {
         .collect();
     path.extend(b.branches().iter().copied().filter(|x| x.from_cut() >= cut));
     SubnetId(path)
+}
+
+/// The one-step neighbours of `s`: at each cut of the path, every other
+/// usable branch from that cut, followed by originals until the path meets
+/// `s` again, then `s`'s own branches. Undoing a merge, merging where `s`
+/// ran originals and swapping a shrink ratio are single steps.
+pub fn neighbours(net: &Supernet, s: &SubnetId) -> Vec<SubnetId> {
+    let path = s.branches();
+    let starts: HashSet<usize> = path.iter().map(|b| b.from_cut()).collect();
+    let mut out = Vec::new();
+    for (i, b) in path.iter().enumerate() {
+        for o in &net.by_cut[b.from_cut()] {
+            if o == b {
+                continue;
+            }
+            let mut p: Vec<BranchId> = path[..i].to_vec();
+            p.push(*o);
+            let mut c = o.to_cut();
+            while c < net.num_blocks() && !starts.contains(&c) {
+                p.push(BranchId::Original { block: c });
+                c += 1;
+            }
+            p.extend(path.iter().copied().filter(|x| x.from_cut() >= c));
+            out.push(SubnetId(p));
+        }
+    }
+    out
+}
+
+/// The front area (latency x accuracy) a point at (`ms`, `acc`) would add
+/// to `front` (sorted by increasing latency and accuracy): from `ms` to the
+/// first front point at least as accurate, how far `acc` is above the
+/// front's staircase (0 below the fastest front point).
+fn added_area(front: &[Point], ms: f64, acc: f64) -> f64 {
+    let mut level = front
+        .iter()
+        .filter(|p| p.predicted_ms <= ms)
+        .map(|p| p.accuracy)
+        .fold(0.0, f64::max);
+    let mut x = ms;
+    let mut area = 0.0;
+    for p in front.iter().filter(|p| p.predicted_ms > ms) {
+        if level >= acc {
+            break;
+        }
+        area += (p.predicted_ms - x) * (acc - level);
+        x = p.predicted_ms;
+        level = level.max(p.accuracy);
+    }
+    area
 }
 
 /// NSGA-II crowding distance of `idx` (points of one rank) along latency.
@@ -429,15 +494,19 @@ pub fn evolutionary(
     let mut ar = Archive::new(ev, look);
     let pop_size = params.population.max(2);
     let n_parents = ((pop_size as f64 * params.parents).round() as usize).max(2);
+    let max_evals = params.max_evals.max(2);
+    let polish_evals = ((max_evals as f64 * params.polish.clamp(0.0, 0.9)).round() as usize)
+        .min(max_evals.saturating_sub(2));
+    let ga_evals = max_evals - polish_evals;
+    let out_of_time =
+        || params.time_limit_s > 0.0 && t.elapsed().as_secs_f64() > params.time_limit_s;
     let mut population = seed_population(net, look, pop_size, &mut rng);
-    population.truncate(params.max_evals.max(2));
+    population.truncate(ga_evals);
     ar.eval_to(&population, screen)?;
     let mut generations = 1;
     let mut parents: Vec<SubnetId> = Vec::new();
     while generations < params.generations.max(1) {
-        if ar.order.len() >= params.max_evals
-            || (params.time_limit_s > 0.0 && t.elapsed().as_secs_f64() > params.time_limit_s)
-        {
+        if ar.order.len() >= ga_evals || out_of_time() {
             break;
         }
         // elitist selection over this generation and the previous parents
@@ -452,7 +521,7 @@ pub fn evolutionary(
             .into_iter()
             .map(|i| pool[i].clone())
             .collect();
-        let budget_left = params.max_evals - ar.order.len();
+        let budget_left = ga_evals - ar.order.len();
         let want = pop_size.min(budget_left);
         let mut children: Vec<SubnetId> = Vec::new();
         let mut fresh: HashSet<SubnetId> = HashSet::new();
@@ -478,6 +547,37 @@ pub fn evolutionary(
         population = children;
         population.extend(parents.iter().cloned());
         generations += 1;
+    }
+    // local search around the front with what is left of the budget
+    let polish_batch = polish_evals.div_ceil(4).max(1);
+    let mut polished = 0;
+    while ar.order.len() < max_evals && !out_of_time() {
+        let pts = ar.points();
+        let front: Vec<Point> = pareto_front(&pts)
+            .into_iter()
+            .map(|i| pts[i].clone())
+            .collect();
+        let mut seen: HashSet<SubnetId> = HashSet::new();
+        let mut ranked: Vec<(f64, SubnetId)> = Vec::new();
+        for p in &front {
+            for n in neighbours(net, &p.subnet) {
+                if ar.scores.contains_key(&n) || !seen.insert(n.clone()) {
+                    continue;
+                }
+                let gain = added_area(&front, look.predict(&n), p.accuracy + params.polish_margin);
+                if gain > 0.0 {
+                    ranked.push((gain, n));
+                }
+            }
+        }
+        if ranked.is_empty() {
+            break;
+        }
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let take = polish_batch.min(max_evals - ar.order.len());
+        let batch: Vec<SubnetId> = ranked.into_iter().take(take).map(|(_, s)| s).collect();
+        polished += batch.len();
+        ar.eval_to(&batch, screen)?;
     }
     // second rung: finish the points near the screened front on the rest
     let mut finished: Vec<SubnetId> = Vec::new();
@@ -518,12 +618,14 @@ pub fn evolutionary(
         .collect();
     let method = if screen < all_batches {
         format!(
-            "evolutionary (population {pop_size}, {generations} generations, screened on {} images, {} finished on {full})",
+            "evolutionary (population {pop_size}, {generations} generations, {polished} polished, screened on {} images, {} finished on {full})",
             ev.items(0..screen),
             finished.len()
         )
     } else {
-        format!("evolutionary (population {pop_size}, {generations} generations)")
+        format!(
+            "evolutionary (population {pop_size}, {generations} generations, {polished} polished)"
+        )
     };
     Ok(Outcome {
         method,
@@ -535,4 +637,36 @@ pub fn evolutionary(
         naive_runs: ar.naive_runs,
         seconds: t.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pt(ms: f64, acc: f64) -> Point {
+        Point {
+            subnet: SubnetId::oracle(1),
+            predicted_ms: ms,
+            accuracy: acc,
+            images: 1,
+        }
+    }
+
+    #[test]
+    fn added_area_is_the_new_strip_under_the_point() {
+        // staircase: 0.5 from 1 ms, 0.7 from 2 ms, 0.9 from 4 ms
+        let front = vec![pt(1.0, 0.5), pt(2.0, 0.7), pt(4.0, 0.9)];
+        // dominated: nothing
+        assert_eq!(added_area(&front, 2.5, 0.7), 0.0);
+        assert_eq!(added_area(&front, 4.5, 0.95), 0.0);
+        // 1.5 ms at 0.8: 0.3 over [1.5, 2) and 0.1 over [2, 4)
+        let a = added_area(&front, 1.5, 0.8);
+        assert!((a - (0.5 * 0.3 + 2.0 * 0.1)).abs() < 1e-12, "{a}");
+        // stops at the first front point at least as accurate
+        let b = added_area(&front, 1.5, 0.7);
+        assert!((b - 0.5 * 0.2).abs() < 1e-12, "{b}");
+        // faster than the whole front: measured from 0 accuracy
+        let c = added_area(&front, 0.5, 0.5);
+        assert!((c - 0.5 * 0.5).abs() < 1e-12, "{c}");
+    }
 }
