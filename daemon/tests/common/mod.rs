@@ -149,6 +149,12 @@ impl Daemon {
 
     /// [`Daemon::start`] with extra environment variables.
     pub fn start_env(root: &Path, extra: &str, env: &[(&str, String)]) -> Daemon {
+        Daemon::start_niced(root, extra, env, 0)
+    }
+
+    /// [`Daemon::start_env`] at a niceness (0: inherited); every thread of
+    /// the daemon inherits it.
+    pub fn start_niced(root: &Path, extra: &str, env: &[(&str, String)], nice: i32) -> Daemon {
         let bundle_dir = root.join("bundles");
         let state_dir = root.join("state");
         let config = root.join("config.yaml");
@@ -169,7 +175,21 @@ impl Daemon {
         ));
         let log_file = std::fs::File::create(&log).expect("log file");
         let started = Instant::now();
-        let child = Command::new(env!("CARGO_BIN_EXE_adaptived"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_adaptived"));
+        if nice != 0 {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setpriority is async-signal-safe; nothing else runs
+            // between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, nice) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
