@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use adaptivenet_onnx::bundle::{Branch, BranchKind, Manifest};
+use adaptivenet_onnx::bundle::{Branch, BranchKind, Manifest, SubnetId};
 use adaptivenet_onnx::dataset::Dataset;
 use adaptivenet_onnx::tract_onnx::prelude::Tensor as TractTensor;
 use adaptivenet_onnx::weights::SplitMix;
@@ -232,7 +232,7 @@ pub fn sample_subnet<'m>(
                 .iter()
                 .filter(|b| b.kind != BranchKind::Original)
                 .collect();
-            let coin = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            let coin = unit(rng);
             let pick = if !news.is_empty() && coin < new_prob {
                 *news[(rng.next_u64() % news.len() as u64) as usize]
             } else {
@@ -255,13 +255,18 @@ pub fn sample_subnet<'m>(
         .collect()
 }
 
-/// The path with the fewest branches (longest merges), fewest MACs among those.
-pub fn most_merged_path(manifest: &Manifest) -> Vec<&Branch> {
-    crate::cmd_subnet::most_merged_subnet(manifest)
+/// The manifest's branches of `subnet`.
+fn path_of<'m>(manifest: &'m Manifest, subnet: &SubnetId) -> Vec<&'m Branch> {
+    subnet
         .branches()
         .iter()
         .filter_map(|id| manifest.branch(id))
         .collect()
+}
+
+/// The path with the fewest branches (longest merges), fewest MACs among those.
+pub fn most_merged_path(manifest: &Manifest) -> Vec<&Branch> {
+    path_of(manifest, &crate::cmd_subnet::most_merged_subnet(manifest))
 }
 
 /// The input cut and the branches to run for `path`: the frozen originals
@@ -297,25 +302,10 @@ fn unit(rng: &mut SplitMix) -> f64 {
 
 /// The oracle path with `branch` swapped in.
 fn with_branch<'m>(manifest: &'m Manifest, branch: &'m Branch) -> Vec<&'m Branch> {
-    let mut path = Vec::new();
-    let mut at = 0;
-    while at < manifest.num_blocks() {
-        if at == branch.from {
-            path.push(branch);
-            at = branch.to;
-        } else {
-            match manifest
-                .branches
-                .iter()
-                .find(|b| b.kind == BranchKind::Original && b.from == at)
-            {
-                Some(b) => path.push(b),
-                None => break,
-            }
-            at += 1;
-        }
-    }
-    path
+    path_of(
+        manifest,
+        &crate::cmd_subnet::single_branch_subnet(manifest, branch),
+    )
 }
 
 /// Stage 2. Returns the mean loss of the last steps.
