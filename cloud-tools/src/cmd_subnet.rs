@@ -6,13 +6,14 @@
 
 use std::path::PathBuf;
 
-use adaptivenet_onnx::bundle::{Branch, Bundle, Manifest, SubnetId};
-use adaptivenet_onnx::dataset::{argmax_rows, Dataset};
+use adaptivenet_onnx::bundle::{Bundle, SubnetId};
+use adaptivenet_onnx::dataset::Dataset;
 use adaptivenet_onnx::datasource::DataSource;
 use adaptivenet_onnx::extract::materialise;
+use adaptivenet_onnx::subnet::{fewest_macs_subnet, most_merged_subnet, single_branch_subnet};
 use adaptivenet_onnx::supernet::subnet_path;
 use adaptivenet_onnx::tract_onnx::pb::ModelProto;
-use adaptivenet_onnx::{model_io, GraphIndex, Plan};
+use adaptivenet_onnx::{model_io, GraphIndex};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
@@ -38,8 +39,7 @@ pub struct ExportSubnetArgs {
 pub fn open_bundle(path: &std::path::Path, pubkey: Option<&std::path::Path>) -> Result<Bundle> {
     Ok(match pubkey {
         Some(k) => {
-            let key =
-                adaptivenet_onnx::bundle::read_public_key(k).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let key = adaptivenet_onnx::bundle::read_public_key(k)?;
             Bundle::open(path, &[key], false)?
         }
         None => Bundle::open(path, &[], true)?,
@@ -69,52 +69,6 @@ pub fn export_subnet(args: &ExportSubnetArgs) -> Result<()> {
     Ok(())
 }
 
-/// The oracle path with branch `b` swapped in.
-pub fn single_branch_subnet(m: &Manifest, b: &Branch) -> SubnetId {
-    let mut ids = Vec::new();
-    let mut at = 0;
-    while at < m.num_blocks() {
-        if at == b.from {
-            ids.push(b.id);
-            at = b.to;
-        } else {
-            ids.push(adaptivenet_onnx::bundle::BranchId::Original { block: at });
-            at += 1;
-        }
-    }
-    SubnetId(ids)
-}
-
-/// The subnet with the fewest MACs (shortest path over cuts).
-pub fn fastest_subnet(m: &Manifest) -> SubnetId {
-    cheapest_path(m, |b| b.macs)
-}
-
-/// The subnet with the fewest branches (most merging), fewest MACs among those.
-pub fn most_merged_subnet(m: &Manifest) -> SubnetId {
-    cheapest_path(m, |b| (1u64 << 40) + b.macs)
-}
-
-fn cheapest_path(m: &Manifest, cost_of: impl Fn(&Branch) -> u64) -> SubnetId {
-    let n = m.num_blocks();
-    let mut best: Vec<Option<(u64, Vec<adaptivenet_onnx::bundle::BranchId>)>> = vec![None; n + 1];
-    best[0] = Some((0, vec![]));
-    for i in 0..n {
-        let Some((cost, path)) = best[i].clone() else {
-            continue;
-        };
-        for b in m.branches.iter().filter(|b| b.from == i && b.to <= n) {
-            let c = cost + cost_of(b);
-            if best[b.to].as_ref().is_none_or(|(bc, _)| c < *bc) {
-                let mut p = path.clone();
-                p.push(b.id);
-                best[b.to] = Some((c, p));
-            }
-        }
-    }
-    SubnetId(best[n].clone().map(|x| x.1).unwrap_or_default())
-}
-
 /// Top-1 of a subnet on labelled data through tract.
 pub fn top1(
     bundle: &Bundle,
@@ -123,43 +77,17 @@ pub fn top1(
     data: &Dataset,
     batch: usize,
 ) -> Result<f64> {
-    let labels = data
-        .labels
-        .as_ref()
-        .context("evaluation needs labelled data")?;
     let model = subnet_model(bundle, index, subnet)?;
-    let n = data.len();
-    let full = n / batch * batch;
-    let mut correct = 0usize;
-    let mut plan = Plan::whole_model(&model, batch)?;
-    let mut start = 0;
-    while start < n {
-        let b = if start < full { batch } else { n - start };
-        if b != batch {
-            plan = Plan::whole_model(&model, b)?;
-        }
-        let pred = argmax_rows(&plan.run(data.batch(start, b)?)?)?;
-        correct += pred
-            .iter()
-            .zip(&labels[start..start + b])
-            .filter(|(p, l)| **p as i64 == **l)
-            .count();
-        start += b;
-    }
-    Ok(correct as f64 / n.max(1) as f64)
+    Ok(adaptivenet_onnx::subnet::top1(&model, data, batch)?)
 }
 
 /// `inspect --eval`: the single-branch table.
 pub fn eval_table(bundle: &Bundle, source: &str) -> Result<()> {
     let m = &bundle.manifest;
     let source: DataSource = source.parse()?;
-    let item_shape: Vec<usize> = m
-        .input
-        .shape
-        .iter()
-        .skip(1)
-        .map(|d| d.fixed().unwrap_or(0))
-        .collect();
+    let item_shape = m
+        .item_shape()
+        .context("input.shape: every dim after the batch must be fixed")?;
     let data = source.load(&item_shape, &m.input.preprocess, &m.input.labels)?;
     if data.labels.is_none() {
         bail!("--eval needs labelled data");
@@ -200,8 +128,14 @@ pub fn eval_table(bundle: &Bundle, source: &str) -> Result<()> {
         ]);
     }
     for (what, s) in [
-        ("fewest MACs", fastest_subnet(m)),
-        ("most merged", most_merged_subnet(m)),
+        (
+            "fewest MACs",
+            fewest_macs_subnet(m).context("no path of branches")?,
+        ),
+        (
+            "most merged",
+            most_merged_subnet(m).context("no path of branches")?,
+        ),
     ] {
         let acc = top1(bundle, &index, &s, &data, 100)?;
         table.row(vec![

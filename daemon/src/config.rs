@@ -94,19 +94,24 @@ impl fmt::Display for Listen {
     }
 }
 
+/// A `listen` value that is neither `HOST:PORT` nor `unix:/path`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ListenError(String);
+
 impl FromStr for Listen {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ListenError;
+    fn from_str(s: &str) -> Result<Self, ListenError> {
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
-                return Err(
+                return Err(ListenError(
                     "`unix:` needs a socket path, for example `unix:/run/adaptived.sock`".into(),
-                );
+                ));
             }
             return Ok(Listen::Unix(PathBuf::from(path)));
         }
         s.parse::<SocketAddr>().map(Listen::Tcp).map_err(|_| {
-            format!("`{s}` is not an address; expected HOST:PORT (`127.0.0.1:8080`) or `unix:/path/to/socket`")
+            ListenError(format!("`{s}` is not an address; expected HOST:PORT (`127.0.0.1:8080`) or `unix:/path/to/socket`"))
         })
     }
 }
@@ -311,6 +316,82 @@ pub enum ConfigError {
         line: Option<usize>,
         message: String,
     },
+    #[error("{flag}: {message}")]
+    Override { flag: &'static str, message: String },
+}
+
+/// Where the config comes from: the file (`None`: the default path, which
+/// may be absent) and the command-line overrides. Kept to re-read the same
+/// config on SIGHUP.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigSource {
+    pub file: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub bundle_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+}
+
+impl ConfigSource {
+    /// The file with the overrides applied, validated.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let (path, allow_missing) = match &self.file {
+            Some(p) => (p.clone(), false),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), true),
+        };
+        let loaded = Config::load(&path, allow_missing)?;
+        if loaded.text.is_none() {
+            log::info!("{}: not found; using the defaults", path.display());
+        }
+        let mut c = loaded.config;
+        if let Some(l) = &self.listen {
+            c.listen = l.parse::<Listen>().map_err(|e| ConfigError::Override {
+                flag: "--listen",
+                message: e.to_string(),
+            })?;
+        }
+        if let Some(d) = &self.bundle_dir {
+            c.bundle_dir = d.clone();
+        }
+        if let Some(d) = &self.state_dir {
+            c.state_dir = d.clone();
+        }
+        c.validate()
+            .map_err(|(key, message)| ConfigError::Override {
+                flag: "the command-line overrides",
+                message: format!("`{key}`: {message}"),
+            })?;
+        Ok(c)
+    }
+}
+
+/// A re-read config sorted into what takes effect now and what needs a
+/// restart (those keys keep their running values).
+#[derive(Clone, Debug)]
+pub struct Reload {
+    /// The config in force from now on.
+    pub config: Config,
+    /// What changed among the reloadable keys.
+    pub applied: Vec<String>,
+    /// Keys that changed but take a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+impl Reload {
+    /// One line for the log and `/adaptation`.
+    pub fn summary(&self) -> String {
+        let mut what = if self.applied.is_empty() {
+            "config re-read; nothing reloadable changed".to_string()
+        } else {
+            format!("config reloaded: {}", self.applied.join("; "))
+        };
+        if !self.needs_restart.is_empty() {
+            what.push_str(&format!(
+                "; needs a restart (not applied): {}",
+                self.needs_restart.join(", ")
+            ));
+        }
+        what
+    }
 }
 
 /// The config file and its text (kept to find the line of a key).
@@ -343,6 +424,64 @@ impl Config {
             path: path.to_path_buf(),
             text,
         })
+    }
+
+    /// Put `next` in force where it can be without a restart: the latency
+    /// budget, the policy, the monitor and the memory budget reload; every
+    /// other key keeps its running value until a restart.
+    pub fn reload(&self, next: Config) -> Reload {
+        let needs_restart: Vec<&'static str> = [
+            ("bundle_dir", self.bundle_dir != next.bundle_dir),
+            ("state_dir", self.state_dir != next.state_dir),
+            ("listen", self.listen != next.listen),
+            ("compatible", self.compatible != next.compatible),
+            (
+                "validation_data",
+                self.validation_data != next.validation_data,
+            ),
+            ("trusted_keys", self.trusted_keys != next.trusted_keys),
+            ("allow_unsigned", self.allow_unsigned != next.allow_unsigned),
+            ("worker_threads", self.worker_threads != next.worker_threads),
+            ("queue_depth", self.queue_depth != next.queue_depth),
+            ("max_batch", self.max_batch != next.max_batch),
+            ("pin_version", self.pin_version != next.pin_version),
+            ("watch", self.watch != next.watch),
+        ]
+        .into_iter()
+        .filter_map(|(k, changed)| changed.then_some(k))
+        .collect();
+        let mut applied = Vec::new();
+        if self.latency_budget != next.latency_budget {
+            applied.push(format!(
+                "latency_budget {:?} -> {:?}",
+                self.latency_budget.budget(),
+                next.latency_budget.budget()
+            ));
+        }
+        for (k, changed) in [
+            ("policy", self.policy != next.policy),
+            ("monitor", self.monitor != next.monitor),
+            (
+                "memory_budget_mb",
+                self.memory_budget_mb != next.memory_budget_mb,
+            ),
+        ] {
+            if changed {
+                applied.push(k.to_string());
+            }
+        }
+        let config = Config {
+            latency_budget: next.latency_budget,
+            policy: next.policy,
+            monitor: next.monitor,
+            memory_budget_mb: next.memory_budget_mb,
+            ..self.clone()
+        };
+        Reload {
+            config,
+            applied,
+            needs_restart,
+        }
     }
 
     /// Parse and validate YAML text (`path` names it in errors).
@@ -604,6 +743,26 @@ pub fn line_of_key(text: &str, key: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reload_applies_the_reloadable_keys_and_keeps_the_rest() {
+        let cur = Config::default();
+        let mut next = Config::default();
+        next.latency_budget.fraction = Some(0.5);
+        next.memory_budget_mb = cur.memory_budget_mb + 1;
+        next.queue_depth = cur.queue_depth + 7;
+        let r = cur.reload(next.clone());
+        assert_eq!(r.config.latency_budget, next.latency_budget);
+        assert_eq!(r.config.memory_budget_mb, next.memory_budget_mb);
+        assert_eq!(r.config.queue_depth, cur.queue_depth, "needs a restart");
+        assert_eq!(r.needs_restart, vec!["queue_depth"]);
+        assert_eq!(r.applied.len(), 2, "{:?}", r.applied);
+        assert!(r
+            .summary()
+            .contains("needs a restart (not applied): queue_depth"));
+        let same = cur.reload(cur.clone());
+        assert!(same.applied.is_empty() && same.needs_restart.is_empty());
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_yaml(text, Path::new("test.yaml"))

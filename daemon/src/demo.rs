@@ -1,47 +1,58 @@
-//! `adaptived --demo`: serve the committed demo bundle
-//! (`demo/fmnist-resnet.bundle`, signed with the demo key) with the committed
-//! Fashion-MNIST validation subset. Until that bundle is committed, an
-//! unsigned oracle-only bundle is built from the oracle fixture into a temp
-//! folder, and the log says so.
+//! `adaptived --demo`: serve the shipped demo bundle (the trained
+//! Fashion-MNIST ResNet supernet, signed with the demo key) with the
+//! committed 1k-image validation subset, in a temporary state folder, and
+//! print a ready-to-paste request. The demo files are found in the folder
+//! named by `ADAPTIVENET_DEMO_ROOT`, else the current folder (a source
+//! checkout), else `/usr/share/adaptivenet` (the packaged demo).
 
 use std::path::{Path, PathBuf};
 
-use adaptivenet_onnx::bundle::{
-    oracle_manifest, BundleWriter, ModelDescription, Preprocess, SUPERNET_FILE,
-};
-use adaptivenet_onnx::Oracle;
+use adaptivenet_onnx::bundle::Manifest;
 
 use crate::config::{Config, Listen, ValidationData};
 
-/// The committed demo bundle, relative to the repository root.
+/// The demo bundle, relative to the demo root.
 pub const DEMO_BUNDLE: &str = "demo/fmnist-resnet.bundle";
-/// The demo public key (test/demo only).
+/// The demo public key (demos and tests only).
 pub const DEMO_PUBKEY: &str = "tests/fixtures/keys/demo.pub";
-pub const ORACLE_FIXTURE: &str = "tests/fixtures/oracle/fmnist_resnet.onnx";
+/// The validation subset the demo searches on.
 pub const VALIDATION_IMAGES: &str = "tests/fixtures/data/fmnist-test-1k-images-idx3-ubyte.gz";
 pub const VALIDATION_LABELS: &str = "tests/fixtures/data/fmnist-test-1k-labels-idx1-ubyte.gz";
+/// Where a package installs the demo files.
+pub const PACKAGED_ROOT: &str = "/usr/share/adaptivenet";
 
-pub const FMNIST_LABELS: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
+/// Why the demo cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("no demo files: {DEMO_BUNDLE} is not under $ADAPTIVENET_DEMO_ROOT, the current folder or {PACKAGED_ROOT}; run from the repository root")]
+    NotFound,
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Data {
+        path: PathBuf,
+        #[source]
+        source: adaptivenet_onnx::Error,
+    },
+}
 
-/// The repository root: the current folder if it holds the fixtures, else
-/// the source tree this binary was built from.
-pub fn repo_root() -> PathBuf {
-    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    if cwd.join(ORACLE_FIXTURE).is_file() || cwd.join(DEMO_BUNDLE).is_file() {
-        return cwd;
+/// The folder holding the demo files.
+pub fn demo_root() -> Result<PathBuf, DemoError> {
+    let candidates = std::env::var_os("ADAPTIVENET_DEMO_ROOT")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(std::env::current_dir().ok())
+        .chain([PathBuf::from(PACKAGED_ROOT)]);
+    for root in candidates {
+        if root.join(DEMO_BUNDLE).is_file() {
+            return Ok(root);
+        }
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Err(DemoError::NotFound)
 }
 
 /// The demo setup: a config and the bundle file to install at start.
@@ -51,61 +62,27 @@ pub struct Demo {
     pub workdir: PathBuf,
 }
 
-/// Build an unsigned oracle-only bundle of the fixture at `out` (version 1).
-pub fn build_oracle_bundle(oracle_path: &Path, out: &Path, version: u64) -> Result<(), String> {
-    let oracle = Oracle::load(oracle_path, None).map_err(|e| e.to_string())?;
-    let desc = ModelDescription {
-        name: "fmnist-resnet".into(),
-        version,
-        compatible: "generic-cpu".into(),
-        preprocess: Preprocess {
-            mean: vec![0.2860],
-            std: vec![0.3530],
-        },
-        labels: FMNIST_LABELS.iter().map(|s| s.to_string()).collect(),
-    };
-    let manifest = oracle_manifest(&oracle, &desc).map_err(|e| e.to_string())?;
-    let bytes =
-        std::fs::read(oracle_path).map_err(|e| format!("{}: {e}", oracle_path.display()))?;
-    let mut w = BundleWriter::new(manifest);
-    w.add_file(SUPERNET_FILE, bytes)
-        .map_err(|e| e.to_string())?;
-    w.write(out, None).map_err(|e| e.to_string())?;
-    Ok(())
-}
-
 /// Prepare the demo: folders under the temp dir, the bundle, the config.
-pub fn prepare(listen: Option<Listen>) -> Result<Demo, String> {
-    let root = repo_root();
+pub fn prepare(listen: Option<Listen>) -> Result<Demo, DemoError> {
+    let root = demo_root()?;
     let workdir = std::env::temp_dir().join(format!("adaptived-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&workdir).map_err(|e| format!("{}: {e}", workdir.display()))?;
-    let mut config = Config {
+    std::fs::create_dir_all(&workdir).map_err(|source| DemoError::Io {
+        path: workdir.clone(),
+        source,
+    })?;
+    let bundle = root.join(DEMO_BUNDLE);
+    log::info!("demo: serving {}", bundle.display());
+    let config = Config {
         bundle_dir: workdir.join("bundles"),
         state_dir: workdir.join("state"),
         listen: listen.unwrap_or_default(),
+        trusted_keys: vec![root.join(DEMO_PUBKEY)],
         validation_data: Some(ValidationData {
             images: root.join(VALIDATION_IMAGES),
             labels: Some(root.join(VALIDATION_LABELS)),
             limit: 500,
         }),
         ..Config::default()
-    };
-    let committed = root.join(DEMO_BUNDLE);
-    let bundle = if committed.is_file() {
-        log::info!("demo: serving the committed bundle {}", committed.display());
-        config.trusted_keys = vec![root.join(DEMO_PUBKEY)];
-        committed
-    } else {
-        let out = workdir.join("fmnist-resnet-oracle.bundle");
-        log::warn!(
-            "demo: {} is not committed yet; building an UNSIGNED oracle-only bundle from {} into {} (allow_unsigned is on for the demo only)",
-            committed.display(),
-            root.join(ORACLE_FIXTURE).display(),
-            out.display()
-        );
-        build_oracle_bundle(&root.join(ORACLE_FIXTURE), &out, 1)?;
-        config.allow_unsigned = true;
-        out
     };
     Ok(Demo {
         config,
@@ -115,39 +92,78 @@ pub fn prepare(listen: Option<Listen>) -> Result<Demo, String> {
 }
 
 /// A request body with the first validation image as UINT8, for the curl
-/// example; written next to the demo state.
-pub fn write_example_request(demo: &Demo, input_name: &str) -> Result<(PathBuf, String), String> {
-    let v = demo
-        .config
-        .validation_data
-        .as_ref()
-        .ok_or("no validation data")?;
-    let img = adaptivenet_onnx::idx::read_idx(&v.images).map_err(|e| e.to_string())?;
-    if img.is_empty() || img.dims.len() != 3 {
-        return Err(format!("{}: expected [N, H, W] images", v.images.display()));
-    }
+/// example, written next to the demo state; returns its path and the
+/// image's class name (from the bundle's labels).
+pub fn write_example_request(
+    demo: &Demo,
+    manifest: &Manifest,
+) -> Result<(PathBuf, String), DemoError> {
+    let Some(v) = demo.config.validation_data.as_ref() else {
+        return Err(DemoError::NotFound);
+    };
+    let data_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DemoError::Data { path, source }
+    };
+    let img = adaptivenet_onnx::idx::read_idx(&v.images).map_err(data_err(&v.images))?;
+    let (h, w) = match img.dims.as_slice() {
+        [n, h, w] if *n > 0 => (*h, *w),
+        _ => {
+            return Err(DemoError::Data {
+                path: v.images.clone(),
+                source: adaptivenet_onnx::Error::Graph("expected [N, H, W] images".into()),
+            })
+        }
+    };
     let label = v
         .labels
         .as_ref()
         .and_then(|l| adaptivenet_onnx::idx::read_idx(l).ok())
         .and_then(|l| l.data.first().copied())
         .map(|c| {
-            FMNIST_LABELS
+            manifest
+                .input
+                .labels
                 .get(c as usize)
-                .map(|s| s.to_string())
+                .cloned()
                 .unwrap_or_else(|| c.to_string())
         })
         .unwrap_or_else(|| "?".into());
     let body = serde_json::json!({
         "id": "demo-1",
         "inputs": [{
-            "name": input_name,
-            "shape": [1, 1, img.dims[1], img.dims[2]],
+            "name": manifest.input.name,
+            "shape": [1, 1, h, w],
             "datatype": "UINT8",
             "data": img.item(0),
         }]
     });
     let path = demo.workdir.join("request.json");
-    std::fs::write(&path, body.to_string()).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::write(&path, body.to_string()).map_err(|source| DemoError::Io {
+        path: path.clone(),
+        source,
+    })?;
     Ok((path, label))
+}
+
+/// Log what serves and print the curl examples.
+pub fn print_help(d: &Demo, url: &str, active: &crate::shared::Active) {
+    let name = active.name();
+    log::info!(
+        "demo: serving `{name}` v{}, subnet `{}`",
+        active.version(),
+        active.engine.subnet
+    );
+    match write_example_request(d, &active.bundle.manifest) {
+        Ok((req, label)) => {
+            println!();
+            println!("adaptived demo is up at {url}. Try (the image is a `{label}`):");
+            println!();
+            println!("  curl -s -X POST {url}/v2/models/{name}/infer -H 'Content-Type: application/json' -d @{}", req.display());
+            println!("  curl -s {url}/v2/models/{name}/adaptation");
+            println!("  curl -s {url}/metrics");
+            println!();
+        }
+        Err(e) => log::warn!("demo: cannot write the example request: {e}"),
+    }
 }

@@ -1,18 +1,17 @@
 //! The inference engine: a subnet of a bundle's supernet materialised into one
 //! standalone ONNX model and compiled into tract plans (one per batch size,
 //! compiled on first use and cached), plus the bundle's input handling
-//! (shape checks, UINT8 preprocessing). [`subnet_path`] turns a subnet id into
-//! the spans `materialise` expects; the search reuses it.
+//! (shape checks, UINT8 preprocessing).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
-use adaptivenet_onnx::bundle::{Bundle, Manifest, SubnetId};
+use adaptivenet_onnx::bundle::{Bundle, Preprocess, SubnetId};
 use adaptivenet_onnx::extract::materialise;
+use adaptivenet_onnx::supernet::subnet_path;
 use adaptivenet_onnx::tract_onnx::pb::ModelProto;
 use adaptivenet_onnx::tract_onnx::prelude::Tensor;
-use adaptivenet_onnx::{GraphIndex, Plan, Span};
+use adaptivenet_onnx::{GraphIndex, Plan};
 
 /// Why a subnet cannot be built or run.
 #[derive(Debug, thiserror::Error)]
@@ -31,18 +30,10 @@ pub type Result<T> = std::result::Result<T, EngineError>;
 /// beyond this is dropped.
 const MAX_CACHED_PLANS: usize = 8;
 
-/// The spans of `subnet` through the supernet: the stem (input -> c_0), each
-/// branch (its `from` cut tensor -> the tensor it writes), and the head
-/// (c_N -> output). `materialise` rewires each span's input to the previous
-/// span's output.
-pub fn subnet_path(manifest: &Manifest, subnet: &SubnetId) -> Result<Vec<Span>> {
-    adaptivenet_onnx::supernet::subnet_path(manifest, subnet)
-        .map_err(|e| EngineError::Subnet(e.to_string()))
-}
-
 /// Materialise `subnet` of the bundle's supernet as one standalone model.
 pub fn materialise_subnet(bundle: &Bundle, subnet: &SubnetId) -> Result<ModelProto> {
-    let path = subnet_path(&bundle.manifest, subnet)?;
+    let path =
+        subnet_path(&bundle.manifest, subnet).map_err(|e| EngineError::Subnet(e.to_string()))?;
     let index = GraphIndex::of_model(&bundle.model)?;
     Ok(materialise(&bundle.model, &index, &path)?)
 }
@@ -56,8 +47,7 @@ pub struct Engine {
     /// Number of output classes (logits per item).
     pub classes: usize,
     /// Per-channel `(x / 255 - mean) / std` for UINT8 input.
-    pub mean: Vec<f32>,
-    pub std: Vec<f32>,
+    pub preprocess: Preprocess,
     model: ModelProto,
     plans: Mutex<PlanCache>,
 }
@@ -80,23 +70,15 @@ impl Engine {
                 m.input.dtype
             )));
         }
-        let item_shape = m
-            .input
-            .shape
-            .iter()
-            .skip(1)
-            .map(|d| d.fixed())
-            .collect::<Option<Vec<usize>>>()
-            .ok_or_else(|| {
-                EngineError::Subnet("input.shape: every dim after the batch must be fixed".into())
-            })?;
+        let item_shape = m.item_shape().ok_or_else(|| {
+            EngineError::Subnet("input.shape: every dim after the batch must be fixed".into())
+        })?;
         let model = materialise_subnet(bundle, subnet)?;
         let engine = Engine {
             subnet: subnet.clone(),
             item_shape,
             classes: 0,
-            mean: m.input.preprocess.mean.clone(),
-            std: m.input.preprocess.std.clone(),
+            preprocess: m.input.preprocess.clone(),
             model,
             plans: Mutex::new(PlanCache::default()),
         };
@@ -146,22 +128,7 @@ impl Engine {
     /// Apply the bundle's preprocessing to raw UINT8 pixels (row-major, the
     /// channel is the first axis of an item).
     pub fn preprocess_u8(&self, raw: &[u8]) -> Vec<f32> {
-        let plane: usize = self.item_shape.iter().skip(1).product::<usize>().max(1);
-        let item = self.item_len().max(1);
-        raw.iter()
-            .enumerate()
-            .map(|(i, &px)| {
-                let c = (i % item) / plane;
-                let m = self
-                    .mean
-                    .get(c)
-                    .or(self.mean.first())
-                    .copied()
-                    .unwrap_or(0.0);
-                let s = self.std.get(c).or(self.std.first()).copied().unwrap_or(1.0);
-                (px as f32 / 255.0 - m) / s
-            })
-            .collect()
+        self.preprocess.apply_items(&self.item_shape, raw)
     }
 
     /// The plan for `batch`, compiled on first use.
@@ -206,23 +173,6 @@ impl Engine {
         }
         Ok(self.plan(batch)?.run(input)?)
     }
-
-    /// Median wall time of a batch-1 run on zeros, in ms, after `warmup` runs.
-    pub fn time_batch1(&self, warmup: usize, runs: usize) -> Result<f64> {
-        let plan = self.plan(1)?;
-        let input = self.zeros(1)?;
-        for _ in 0..warmup {
-            plan.run(input.clone())?;
-        }
-        let mut times = Vec::with_capacity(runs.max(1));
-        for _ in 0..runs.max(1) {
-            let t = Instant::now();
-            plan.run(input.clone())?;
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        times.sort_by(|a, b| a.total_cmp(b));
-        Ok(times[times.len() / 2])
-    }
 }
 
 #[cfg(test)]
@@ -230,8 +180,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     use adaptivenet_onnx::bundle::{
-        batch_shape, Branch, BranchKind, Cut, InputSpec, ModelInfo, OutputSpec, Preprocess,
+        batch_shape, Branch, BranchKind, Cut, InputSpec, Manifest, ModelInfo, OutputSpec,
     };
+
+    use adaptivenet_onnx::Span;
 
     use super::*;
 

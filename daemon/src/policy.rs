@@ -17,42 +17,14 @@
 
 use std::time::{Duration, Instant};
 
-use adaptivenet_onnx::bundle::SubnetId;
-
 use crate::config::Policy as PolicyConfig;
 
-/// A front point as the policy sees it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Point {
-    pub subnet: SubnetId,
-    /// Predicted batch-1 latency, ms (the latency table, re-timed or not).
-    pub table_ms: f64,
-    pub accuracy: f64,
-}
+/// A front point as the policy sees it: `predicted_ms` is the latency
+/// table's value, re-timed when the board changed.
+pub use adaptivenet_search::FrontPoint as Point;
 
 /// Why the served subnet changes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// Over budget: down the front at once.
-    Down,
-    /// Sustained slack: up the front.
-    Up,
-    /// The budget changed (config reload).
-    Budget,
-    /// The served subnet is not on the front: the best point that fits.
-    Rejoin,
-}
-
-impl Kind {
-    pub fn label(self) -> &'static str {
-        match self {
-            Kind::Down => "over_budget",
-            Kind::Up => "slack",
-            Kind::Budget => "budget_change",
-            Kind::Rejoin => "rejoin_front",
-        }
-    }
-}
+pub use crate::status::DecisionKind as Kind;
 
 /// What to do now.
 #[derive(Clone, Debug, PartialEq)]
@@ -109,11 +81,11 @@ pub fn best_fit(front: &[Point], budget_ms: f64, slowdown: f64, margin: f64) -> 
     front
         .iter()
         .enumerate()
-        .filter(|(_, p)| p.table_ms * slowdown * margin <= budget_ms)
+        .filter(|(_, p)| p.predicted_ms * slowdown * margin <= budget_ms)
         .max_by(|(_, a), (_, b)| {
             a.accuracy
                 .total_cmp(&b.accuracy)
-                .then(b.table_ms.total_cmp(&a.table_ms))
+                .then(b.predicted_ms.total_cmp(&a.predicted_ms))
         })
         .map(|(i, _)| i)
 }
@@ -123,7 +95,7 @@ pub fn fastest(front: &[Point]) -> Option<usize> {
     front
         .iter()
         .enumerate()
-        .min_by(|(_, a), (_, b)| a.table_ms.total_cmp(&b.table_ms))
+        .min_by(|(_, a), (_, b)| a.predicted_ms.total_cmp(&b.predicted_ms))
         .map(|(i, _)| i)
 }
 
@@ -138,7 +110,7 @@ pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, i: &Inputs) -> Action
         return Action::Stay;
     }
     let s = i.slowdown.max(1e-6);
-    let est = |k: usize| i.front[k].table_ms * s;
+    let est = |k: usize| i.front[k].predicted_ms * s;
     let fit = best_fit(i.front, i.budget_ms, s, 1.0);
     let Some(target) = fit.or_else(|| fastest(i.front)) else {
         return Action::Stay;
@@ -147,7 +119,7 @@ pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, i: &Inputs) -> Action
         format!(
             "`{}` ({:.3} ms x {s:.2} = {:.3} ms, accuracy {:.4})",
             i.front[k].subnet,
-            i.front[k].table_ms,
+            i.front[k].predicted_ms,
             est(k),
             i.front[k].accuracy
         )
@@ -156,7 +128,7 @@ pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, i: &Inputs) -> Action
         state.slack_since = None;
         return Action::Switch {
             to: target,
-            kind: Kind::Rejoin,
+            kind: Kind::RejoinFront,
             reason: format!(
                 "the served subnet is not on the front; best point for the budget of {:.3} ms: {}",
                 i.budget_ms,
@@ -169,7 +141,7 @@ pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, i: &Inputs) -> Action
         if target != active {
             return Action::Switch {
                 to: target,
-                kind: Kind::Budget,
+                kind: Kind::BudgetChange,
                 reason: format!(
                     "budget changed from {old:.3} ms to {new:.3} ms: {} -> {}",
                     describe(active),
@@ -191,7 +163,7 @@ pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, i: &Inputs) -> Action
             state.last_up = None;
             return Action::Switch {
                 to: target,
-                kind: Kind::Down,
+                kind: Kind::OverBudget,
                 reason: format!(
                     "over budget: {} exceeds {:.3} ms; down to {}",
                     describe(active),
@@ -231,7 +203,7 @@ pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, i: &Inputs) -> Action
         state.last_up = Some(i.now);
         return Action::Switch {
             to: up,
-            kind: Kind::Up,
+            kind: Kind::Slack,
             reason: format!(
                 "slack for {:.1} s (margin {:.0}%, backoff x{}): up from {} to {}",
                 slack_for.as_secs_f64(),
@@ -266,8 +238,9 @@ mod tests {
         .iter()
         .map(|(s, ms, a)| Point {
             subnet: s.parse().unwrap(),
-            table_ms: *ms,
+            predicted_ms: *ms,
             accuracy: *a,
+            images: 100,
         })
         .collect()
     }
@@ -306,7 +279,7 @@ mod tests {
         // 0.9 x 1.5 = 1.35 > 1; 0.5 x 1.5 = 0.75 fits: down, cooldown ignored.
         match check(&mut st, t0, 2, 1.5) {
             Action::Switch { to, kind, reason } => {
-                assert_eq!((to, kind), (1, Kind::Down));
+                assert_eq!((to, kind), (1, Kind::OverBudget));
                 assert!(reason.contains("over budget"), "{reason}");
             }
             a => panic!("{a:?}"),
@@ -346,7 +319,7 @@ mod tests {
         match check(&mut st, at(14.5), 1, 1.0) {
             Action::Switch {
                 to: 2,
-                kind: Kind::Up,
+                kind: Kind::Slack,
                 ..
             } => {}
             a => panic!("{a:?}"),
@@ -362,14 +335,17 @@ mod tests {
         assert_eq!(check(&mut st, at(0.0), 1, 1.0), Action::Stay);
         assert!(matches!(
             check(&mut st, at(5.0), 1, 1.0),
-            Action::Switch { kind: Kind::Up, .. }
+            Action::Switch {
+                kind: Kind::Slack,
+                ..
+            }
         ));
         st.switched(at(5.0));
         // Over budget again 1 s later: down, and the next up needs 10 s.
         assert!(matches!(
             check(&mut st, at(6.0), 2, 1.3),
             Action::Switch {
-                kind: Kind::Down,
+                kind: Kind::OverBudget,
                 ..
             }
         ));
@@ -383,7 +359,10 @@ mod tests {
         );
         assert!(matches!(
             check(&mut st, at(26.5), 1, 1.0),
-            Action::Switch { kind: Kind::Up, .. }
+            Action::Switch {
+                kind: Kind::Slack,
+                ..
+            }
         ));
         st.switched(at(26.5));
         // It holds: after 2 x 10 + 10 s the backoff is forgotten.
@@ -417,7 +396,7 @@ mod tests {
             run(0, 2.0, 0.4),
             Action::Switch {
                 to: 2,
-                kind: Kind::Budget,
+                kind: Kind::BudgetChange,
                 ..
             }
         ));
@@ -425,7 +404,7 @@ mod tests {
             run(2, 0.4, 2.0),
             Action::Switch {
                 to: 0,
-                kind: Kind::Budget,
+                kind: Kind::BudgetChange,
                 ..
             }
         ));
@@ -452,7 +431,7 @@ mod tests {
                 a,
                 Action::Switch {
                     to: 1,
-                    kind: Kind::Rejoin,
+                    kind: Kind::RejoinFront,
                     ..
                 }
             ),

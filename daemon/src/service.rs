@@ -14,13 +14,17 @@ use std::path::Path;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
-use adaptivenet_onnx::bundle::{read_public_key, Bundle, PublicKey, SubnetId};
+use adaptivenet_onnx::bundle::{read_public_key, Bundle, KeyError, PublicKey, SubnetId};
+use adaptivenet_onnx::dataset::Dataset;
+use adaptivenet_search::cache::{self, CacheKey};
+use adaptivenet_search::{SearchError, SearchResult};
 
-use crate::config::Config;
-use crate::engine::Engine;
-use crate::search_api::{device_fingerprint, load_validation, SearchFn, SearchInput, SearchResult};
+use crate::clock::unix_now;
+use crate::config::{Config, ValidationData};
+use crate::engine::{Engine, EngineError};
 use crate::shared::{Active, Shared};
-use crate::state::{unix_now, ActiveInfo, State};
+use crate::state::{ActiveInfo, State, StateError};
+use crate::status::SearchState;
 
 /// What happened to a candidate file.
 #[derive(Debug, PartialEq)]
@@ -46,43 +50,86 @@ pub struct Service {
     pub shared: Arc<Shared>,
     pub state: State,
     keys: Vec<PublicKey>,
-    search: SearchFn,
+    /// The device fingerprint search results are keyed by.
     pub fingerprint: String,
     /// sha256 and version of the newest installed bundle.
     latest: Mutex<Option<(String, u64)>>,
     search_tx: Mutex<Option<Sender<SearchJob>>>,
 }
 
+/// Why the bundle service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("trusted_keys[{index}]: {source}")]
+    Key {
+        index: usize,
+        #[source]
+        source: KeyError,
+    },
+    #[error("state_dir: {0}")]
+    State(#[from] StateError),
+    #[error("cannot start the search thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
 /// Read the trusted keys named by the config; errors name the file.
-pub fn read_keys(config: &Config) -> Result<Vec<PublicKey>, String> {
+pub fn read_keys(config: &Config) -> Result<Vec<PublicKey>, ServiceError> {
     config
         .trusted_keys
         .iter()
         .enumerate()
-        .map(|(i, p)| read_public_key(p).map_err(|e| format!("trusted_keys[{i}]: {e}")))
+        .map(|(index, p)| read_public_key(p).map_err(|source| ServiceError::Key { index, source }))
         .collect()
+}
+
+/// Why the configured validation data could not be used for a bundle.
+#[derive(Debug, thiserror::Error)]
+#[error("validation_data {}: {source}", path.display())]
+pub struct ValidationError {
+    path: std::path::PathBuf,
+    #[source]
+    source: adaptivenet_onnx::Error,
+}
+
+/// Load the configured validation data with the bundle's preprocessing
+/// (at most `limit` items).
+pub fn load_validation(v: &ValidationData, bundle: &Bundle) -> Result<Dataset, ValidationError> {
+    let pre = &bundle.manifest.input.preprocess;
+    let err = |source| ValidationError {
+        path: v.images.clone(),
+        source,
+    };
+    let mut d = if v.is_npy() {
+        Dataset::from_npy(&v.images, v.labels.as_deref()).map_err(err)?
+    } else {
+        Dataset::from_idx(&v.images, v.labels.as_deref(), pre, 0..v.limit).map_err(err)?
+    };
+    if d.len() > v.limit {
+        let k: usize = d.item_shape.iter().product();
+        d.data.truncate(v.limit * k);
+        if let Some(l) = d.labels.as_mut() {
+            l.truncate(v.limit);
+        }
+    }
+    Ok(d)
 }
 
 impl Service {
     /// Open the state directory and read the keys; starts the search thread.
-    pub fn start(
-        config: Config,
-        shared: Arc<Shared>,
-        search: SearchFn,
-    ) -> Result<Arc<Service>, String> {
+    pub fn start(config: Config, shared: Arc<Shared>) -> Result<Arc<Service>, ServiceError> {
         let keys = read_keys(&config)?;
         if keys.is_empty() && !config.allow_unsigned {
             log::warn!("no trusted_keys are configured and allow_unsigned is false: every bundle will be rejected");
         }
-        let state = State::open(&config.state_dir).map_err(|e| format!("state_dir: {e}"))?;
+        let state = State::open(&config.state_dir)?;
+        let fingerprint = adaptivenet_search::fingerprint(config.worker_threads.max(1));
         let (tx, rx) = channel();
         let svc = Arc::new(Service {
             config,
             shared,
             state,
             keys,
-            search,
-            fingerprint: device_fingerprint(),
+            fingerprint,
             latest: Mutex::new(None),
             search_tx: Mutex::new(Some(tx)),
         });
@@ -90,7 +137,7 @@ impl Service {
         std::thread::Builder::new()
             .name("search".into())
             .spawn(move || search_thread(weak, rx))
-            .map_err(|e| format!("cannot start the search thread: {e}"))?;
+            .map_err(ServiceError::Thread)?;
         Ok(svc)
     }
 
@@ -135,7 +182,7 @@ impl Service {
         };
         let m = &bundle.manifest;
         self.set_latest(&bundle.sha256, m.model.version);
-        let stored = self.state.load_result(&bundle.sha256, &self.fingerprint);
+        let stored = self.stored_result(&bundle.sha256);
         let reason = if stored.is_some() {
             "restored from state_dir with its stored search result"
         } else {
@@ -153,31 +200,58 @@ impl Service {
         }
     }
 
+    /// The stored search result of this bundle on this device, if any. An
+    /// unreadable one is reported and ignored (the bundle is searched again).
+    fn stored_result(&self, sha256: &str) -> Option<Arc<SearchResult>> {
+        let path = cache::cache_path(&self.state.dir, sha256, &self.fingerprint);
+        let key = CacheKey {
+            bundle_sha256: sha256,
+            fingerprint: &self.fingerprint,
+            data: None,
+            space: None,
+            params: None,
+        };
+        match cache::load(&path, &key) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(cache::CacheMiss::Absent { .. }) => None,
+            Err(e) => {
+                log::info!("{e}; searching again");
+                None
+            }
+        }
+    }
+
+    /// The subnet to serve from `result` under the configured budget.
+    fn chosen(&self, result: &SearchResult) -> Option<SubnetId> {
+        let budget = self.config.latency_budget.budget_ms(result.oracle_ms);
+        result.choice(budget).map(|c| c.point.subnet)
+    }
+
     /// Build the engine for `result`'s chosen subnet (or the oracle path) and
     /// serve it. A chosen subnet that does not build falls back to the oracle.
     fn activate(
         &self,
         bundle: Arc<Bundle>,
-        result: Option<SearchResult>,
+        result: Option<Arc<SearchResult>>,
         reason: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), EngineError> {
         let oracle = bundle.manifest.oracle_subnet();
         let chosen: SubnetId = result
-            .as_ref()
-            .map(|r| r.chosen.clone())
+            .as_deref()
+            .and_then(|r| self.chosen(r))
             .filter(|s| bundle.manifest.validate_subnet(s).is_ok())
             .unwrap_or_else(|| oracle.clone());
         let (engine, reason) = match Engine::build(&bundle, &chosen) {
             Ok(e) => (e, reason.to_string()),
             Err(e) if chosen != oracle => {
                 log::error!("subnet `{chosen}` does not build ({e}); serving the oracle path");
-                let eng = Engine::build(&bundle, &oracle).map_err(|e| e.to_string())?;
+                let eng = Engine::build(&bundle, &oracle)?;
                 (
                     eng,
                     format!("{reason}; chosen subnet failed to build, oracle path"),
                 )
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e),
         };
         self.shared.promote(
             Active {
@@ -265,7 +339,7 @@ impl Service {
             bundle.sha256
         );
         let bundle = Arc::new(bundle);
-        let stored = self.state.load_result(&bundle.sha256, &self.fingerprint);
+        let stored = self.stored_result(&bundle.sha256);
         if stored.is_some() {
             if let Err(e) = self.activate(bundle, stored, "new bundle with a stored search result")
             {
@@ -301,85 +375,98 @@ impl Service {
             bundle.manifest.model.name, bundle.manifest.model.version
         );
         log::info!("search started for {label} (sha256 {sha})");
-        self.shared.set_search("running", Some(&sha), None);
-        let validation =
-            self.config
-                .validation_data
-                .as_ref()
-                .and_then(|v| match load_validation(v, &bundle) {
-                    Ok(d) => Some(Arc::new(d)),
-                    Err(e) => {
-                        log::warn!("validation_data: {e}; searching without local data");
-                        None
-                    }
-                });
-        let input = SearchInput {
-            budget: self.config.latency_budget.clone(),
-            validation,
-            threads: self.config.worker_threads,
-            fingerprint: self.fingerprint.clone(),
-        };
-        let search = self.search.clone();
+        self.shared
+            .set_search(SearchState::Running, Some(&sha), None);
         let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| search(&bundle, &input)))
-                .unwrap_or_else(|_| {
-                    Err(crate::search_api::SearchError("the search panicked".into()))
-                });
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.search(&bundle)))
+                .unwrap_or_else(|_| Err(SearchError::Invalid("the search panicked".into())));
         let superseded = self.latest().is_some_and(|(s, _)| s != sha);
-        match outcome {
-            Ok(result) => {
-                if let Err(e) = bundle.manifest.validate_subnet(&result.chosen) {
-                    self.search_failed(
-                        &bundle,
-                        format!("the search chose an invalid subnet: {e}"),
-                        superseded,
-                    );
-                    return;
-                }
-                log::info!(
-                    "search done for {label} in {:.2} s ({}): chosen subnet `{}` (predicted {:.3} ms, budget {:.3} ms, oracle {:.3} ms, {} front points)",
-                    result.elapsed_s,
-                    result.method,
-                    result.chosen,
-                    result.chosen_point().map(|p| p.predicted_ms).unwrap_or(f64::NAN),
-                    result.budget_ms,
-                    result.oracle_ms,
-                    result.front.len()
-                );
-                if let Err(e) = self.state.save_result(&result) {
-                    log::error!("cannot store the search result: {e}");
-                }
-                self.state.prune_results(&[sha.as_str()]);
-                self.shared.set_search(
-                    "idle",
-                    Some(&sha),
-                    Some(format!("chose `{}`", result.chosen)),
-                );
-                if superseded {
-                    log::info!("{label} was superseded while searching; its result is not served");
-                    return;
-                }
-                let reason = format!(
-                    "search done: chose `{}` for a budget of {:.3} ms",
-                    result.chosen, result.budget_ms
-                );
-                // Already serving the chosen subnet of this bundle: no swap.
-                if self.shared.update_result(&sha, result.clone()) {
-                    log::info!("already serving `{}`; no swap needed", result.chosen);
-                    return;
-                }
-                if let Err(e) = self.activate(bundle, Some(result), &reason) {
-                    log::error!("{e}");
-                }
-            }
-            Err(e) => self.search_failed(&bundle, e.to_string(), superseded),
+        let result = match outcome {
+            Ok(r) => Arc::new(r),
+            Err(e) => return self.search_failed(&bundle, format!("search: {e}"), superseded),
+        };
+        let Some(chosen) = self.chosen(&result) else {
+            return self.search_failed(&bundle, "the search found no subnet".into(), superseded);
+        };
+        if let Err(e) = bundle.manifest.validate_subnet(&chosen) {
+            return self.search_failed(
+                &bundle,
+                format!("the search chose an invalid subnet: {e}"),
+                superseded,
+            );
         }
+        let budget_ms = self.config.latency_budget.budget_ms(result.oracle_ms);
+        log::info!(
+            "search done for {label} in {:.2} s ({}): chosen subnet `{chosen}` (predicted {:.3} ms, budget {budget_ms:.3} ms, oracle {:.3} ms, {} front points)",
+            result.search_seconds,
+            result.method(),
+            result.point(&chosen).map(|p| p.predicted_ms).unwrap_or(f64::NAN),
+            result.oracle_ms,
+            result.front().len()
+        );
+        cache::prune(&self.state.dir, &[sha.as_str()]);
+        self.shared.set_search(
+            SearchState::Idle,
+            Some(&sha),
+            Some(format!("chose `{chosen}`")),
+        );
+        if superseded {
+            log::info!("{label} was superseded while searching; its result is not served");
+            return;
+        }
+        let reason = format!("search done: chose `{chosen}` for a budget of {budget_ms:.3} ms");
+        // Already serving the chosen subnet of this bundle: no swap.
+        if self.shared.update_result(&sha, &chosen, result.clone()) {
+            log::info!("already serving `{chosen}`; no swap needed");
+            return;
+        }
+        if let Err(e) = self.activate(bundle, Some(result), &reason) {
+            log::error!("{e}");
+        }
+    }
+
+    /// The search of `bundle` on the configured validation data (stored in
+    /// the state directory's cache), or the oracle path alone without data.
+    fn search(&self, bundle: &Bundle) -> Result<SearchResult, SearchError> {
+        let options = adaptivenet_search::Options {
+            threads: self.config.worker_threads.max(1),
+            state_dir: Some(self.state.dir.clone()),
+            ..Default::default()
+        };
+        let data = match self.config.validation_data.as_ref() {
+            None => {
+                log::info!("no validation_data configured: serving the oracle path (the search needs local data)");
+                return adaptivenet_search::oracle_only(bundle, &options);
+            }
+            Some(v) => match load_validation(v, bundle) {
+                Ok(d) => d,
+                Err(e) => {
+                    log::warn!("{e}; serving the oracle path");
+                    return adaptivenet_search::oracle_only(bundle, &options);
+                }
+            },
+        };
+        let mut s = adaptivenet_search::search(bundle, &data, &options)?;
+        let budget_ms = self.config.latency_budget.budget_ms(s.cached.oracle_ms);
+        let (chosen, _) = s.choose_measured(budget_ms)?;
+        if chosen.over_budget {
+            log::warn!(
+                "search: the budget {budget_ms:.3} ms is below the fastest subnet ({:.3} ms predicted): serving the fastest, `{}`",
+                chosen.point.predicted_ms,
+                chosen.point.subnet
+            );
+        }
+        s.save()?;
+        Ok(s.cached)
     }
 
     fn search_failed(&self, bundle: &Arc<Bundle>, message: String, superseded: bool) {
         log::error!("{message}");
-        self.shared
-            .set_search("failed", Some(&bundle.sha256), Some(message.clone()));
+        self.shared.set_search(
+            SearchState::Failed,
+            Some(&bundle.sha256),
+            Some(message.clone()),
+        );
         let serving_it = self
             .shared
             .current()

@@ -1,22 +1,27 @@
-//! What the server, the watcher and the search share: the active model behind
-//! an [`ArcSwapOption`] (a swap is one atomic pointer store; a request holds
-//! its own `Arc` and finishes on the model it started with), the metrics,
-//! and the recent history shown by `/adaptation` (rejected bundles, swaps).
+//! What the server, the intake, the search thread and the adaptation loop
+//! share: the active model behind an [`ArcSwapOption`] (a swap is one atomic
+//! pointer store; a request holds its own `Arc` and finishes on the model it
+//! started with), the metrics, the status shown by `/adaptation`, and the
+//! adaptation loop's inputs (latency samples, the config in force, its wake
+//! channel and heartbeat).
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use adaptivenet_onnx::bundle::Bundle;
+use adaptivenet_search::SearchResult;
 use arc_swap::ArcSwapOption;
-use serde::Serialize;
 
+use crate::clock::{rfc3339, unix_ms, unix_now};
+use crate::config::Config;
 use crate::engine::Engine;
-use crate::search_api::SearchResult;
-use crate::server::metrics::Metrics;
-use crate::state::{rfc3339, unix_now};
-
-/// How many rejected bundles and swaps `/adaptation` keeps.
-pub const HISTORY: usize = 50;
+use crate::metrics::Metrics;
+use crate::monitor::{engine_key, LatencyWindow};
+use crate::status::{
+    AdaptStatus, Decision, DecisionKind, History, Rejected, SearchState, SearchStatus, Swap,
+    DECISIONS, HISTORY,
+};
 
 /// The model being served: a bundle and one of its subnets, compiled.
 #[derive(Debug)]
@@ -24,7 +29,7 @@ pub struct Active {
     pub bundle: Arc<Bundle>,
     pub engine: Arc<Engine>,
     /// The search result, when the search has run (or was restored).
-    pub result: Option<SearchResult>,
+    pub result: Option<Arc<SearchResult>>,
     /// Unix time it started serving.
     pub since: u64,
 }
@@ -38,10 +43,9 @@ impl Active {
     }
     /// The predicted latency of the served subnet, if the search gave one.
     pub fn predicted_ms(&self) -> Option<f64> {
-        let r = self.result.as_ref()?;
-        r.front
-            .iter()
-            .find(|p| p.subnet == self.engine.subnet)
+        self.result
+            .as_ref()?
+            .point(&self.engine.subnet)
             .map(|p| p.predicted_ms)
     }
     /// `name vVERSION [subnet]`, for logs and swap records.
@@ -55,42 +59,6 @@ impl Active {
     }
 }
 
-/// A bundle that was refused.
-#[derive(Clone, Debug, Serialize)]
-pub struct Rejected {
-    pub file: String,
-    pub reason: String,
-    pub time: String,
-}
-
-/// A change of the served model.
-#[derive(Clone, Debug, Serialize)]
-pub struct Swap {
-    pub time: String,
-    /// Unix time in milliseconds.
-    pub unix_ms: u64,
-    pub from: Option<String>,
-    pub to: String,
-    pub reason: String,
-}
-
-/// What the search is doing.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct SearchStatus {
-    /// `idle`, `running` or `failed`.
-    pub state: String,
-    /// The bundle being (or last) searched.
-    pub bundle_sha256: Option<String>,
-    pub message: Option<String>,
-}
-
-#[derive(Debug, Default)]
-pub struct History {
-    pub rejected: VecDeque<Rejected>,
-    pub swaps: VecDeque<Swap>,
-    pub search: SearchStatus,
-}
-
 /// Shared daemon state.
 pub struct Shared {
     pub active: ArcSwapOption<Active>,
@@ -98,7 +66,7 @@ pub struct Shared {
     pub history: Mutex<History>,
     /// The adaptation loop's inputs and status (latency samples, live
     /// config, environment, decisions).
-    pub adapt: crate::adapt::AdaptShared,
+    pub adapt: AdaptShared,
 }
 
 impl Default for Shared {
@@ -106,21 +74,15 @@ impl Default for Shared {
         Shared {
             active: ArcSwapOption::empty(),
             metrics: Metrics::default(),
-            history: Mutex::new(History {
-                search: SearchStatus {
-                    state: "idle".into(),
-                    ..Default::default()
-                },
-                ..Default::default()
-            }),
+            history: Mutex::new(History::default()),
             adapt: Default::default(),
         }
     }
 }
 
 impl Shared {
-    pub fn history(&self) -> std::sync::MutexGuard<'_, History> {
-        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn history(&self) -> MutexGuard<'_, History> {
+        lock(&self.history)
     }
 
     /// The model serving now.
@@ -163,7 +125,7 @@ impl Shared {
         let mut h = self.history();
         h.swaps.push_back(Swap {
             time: rfc3339(unix_now()),
-            unix_ms: crate::state::unix_ms(),
+            unix_ms: unix_ms(),
             from,
             to,
             reason: reason.to_string(),
@@ -174,12 +136,19 @@ impl Shared {
     }
 
     /// Attach a (new) search result to the model serving now without
-    /// changing what runs (the chosen subnet is the one being served).
-    pub fn update_result(&self, bundle_sha256: &str, result: SearchResult) -> bool {
+    /// changing what runs, when `chosen` is what serves. A compare-and-swap:
+    /// if the served model changed meanwhile, nothing is stored. True when
+    /// attached.
+    pub fn update_result(
+        &self,
+        bundle_sha256: &str,
+        chosen: &adaptivenet_onnx::bundle::SubnetId,
+        result: Arc<SearchResult>,
+    ) -> bool {
         let Some(cur) = self.current() else {
             return false;
         };
-        if cur.bundle.sha256 != bundle_sha256 || cur.engine.subnet != result.chosen {
+        if cur.bundle.sha256 != bundle_sha256 || cur.engine.subnet != *chosen {
             return false;
         }
         let next = Active {
@@ -188,8 +157,10 @@ impl Shared {
             result: Some(result),
             since: cur.since,
         };
-        self.active.store(Some(Arc::new(next)));
-        true
+        let prev = self
+            .active
+            .compare_and_swap(Arc::as_ptr(&cur), Some(Arc::new(next)));
+        prev.as_ref().is_some_and(|p| Arc::ptr_eq(p, &cur))
     }
 
     /// Record a rejected bundle.
@@ -209,11 +180,124 @@ impl Shared {
         }
     }
 
-    pub fn set_search(&self, state: &str, sha: Option<&str>, message: Option<String>) {
+    pub fn set_search(&self, state: SearchState, sha: Option<&str>, message: Option<String>) {
         self.history().search = SearchStatus {
-            state: state.to_string(),
+            state,
             bundle_sha256: sha.map(str::to_string),
             message,
         };
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The adaptation loop's shared part: what requests and reloads feed it and
+/// what it shows.
+#[derive(Default)]
+pub struct AdaptShared {
+    pub window: Mutex<LatencyWindow>,
+    pub status: Mutex<AdaptStatus>,
+    config: Mutex<Option<Arc<Config>>>,
+    wake: Mutex<Option<Sender<()>>>,
+    /// Unix ms of the loop's last check (the systemd watchdog looks at it).
+    pub heartbeat_ms: AtomicU64,
+}
+
+impl AdaptShared {
+    /// A served request: batch-1 compute latencies feed the contention factor.
+    pub fn observe(&self, engine: &Arc<Engine>, batch: usize, ms: f64) {
+        if batch == 1 {
+            lock(&self.window).observe(engine_key(engine), ms, false);
+        }
+    }
+
+    pub fn status(&self) -> MutexGuard<'_, AdaptStatus> {
+        lock(&self.status)
+    }
+
+    pub fn window(&self) -> MutexGuard<'_, LatencyWindow> {
+        lock(&self.window)
+    }
+
+    /// The config in force (its reloadable parts apply at once).
+    pub fn config(&self) -> Option<Arc<Config>> {
+        lock(&self.config).clone()
+    }
+
+    /// Put a (re)loaded config in force and wake the loop.
+    pub fn set_config(&self, c: Arc<Config>) {
+        *lock(&self.config) = Some(c);
+        self.wake();
+    }
+
+    /// The channel the loop waits on between checks.
+    pub fn set_waker(&self, tx: Sender<()>) {
+        *lock(&self.wake) = Some(tx);
+    }
+
+    pub fn wake(&self) {
+        if let Some(tx) = lock(&self.wake).as_ref() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// The loop checked just now.
+    pub fn beat(&self) {
+        self.heartbeat_ms.store(unix_ms(), Ordering::Relaxed);
+    }
+
+    /// Record a decision: logged, listed, counted.
+    pub fn record(
+        &self,
+        kind: DecisionKind,
+        reason: &str,
+        from: Option<String>,
+        to: Option<String>,
+    ) {
+        match (&from, &to) {
+            (Some(f), Some(t)) => log::info!("adaptation [{kind}]: {f} -> {t}: {reason}"),
+            _ => log::info!("adaptation [{kind}]: {reason}"),
+        }
+        let mut s = self.status();
+        *s.counts.entry(kind).or_insert(0) += 1;
+        s.decisions.push_back(Decision {
+            time: rfc3339(unix_now()),
+            unix_ms: unix_ms(),
+            kind,
+            reason: reason.to_string(),
+            from,
+            to,
+        });
+        while s.decisions.len() > DECISIONS {
+            s.decisions.pop_front();
+        }
+    }
+
+    /// A config reload put in force: `what` says what changed.
+    pub fn reloaded(&self, what: &str) {
+        {
+            let mut s = self.status();
+            s.reloads.ok += 1;
+            s.reloads.last = Some(rfc3339(unix_now()));
+        }
+        self.record(DecisionKind::ConfigReload, what, None, None);
+    }
+
+    /// A config reload refused: the old config stays in force.
+    pub fn reload_failed(&self, error: &str) {
+        {
+            let mut s = self.status();
+            s.reloads.failed += 1;
+            s.reloads.last_error = Some(error.to_string());
+        }
+        log::error!("config reload failed, keeping the old config: {error}");
+        self.record(
+            DecisionKind::ConfigRejected,
+            &format!("{error}; the old config stays in force"),
+            None,
+            None,
+        );
     }
 }

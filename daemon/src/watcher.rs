@@ -24,7 +24,9 @@ use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 
 use crate::service::{Outcome, Service};
-use crate::state::{rfc3339, unix_now, write_atomically};
+use adaptivenet_onnx::fsutil::write_atomically;
+
+use crate::clock::{rfc3339, unix_now};
 
 /// Where rejected bundles go, under the bundle directory.
 pub const REJECTED_DIR: &str = "rejected";
@@ -226,7 +228,7 @@ pub fn move_rejected(dir: &Path, path: &Path, reason: &str) -> std::io::Result<P
         rfc3339(unix_now())
     );
     let reason_path = PathBuf::from(format!("{}.reason", dest.display()));
-    write_atomically(&reason_path, text.as_bytes()).map_err(|e| e.source)?;
+    write_atomically(&reason_path, text.as_bytes()).map_err(std::io::Error::other)?;
     Ok(dest)
 }
 
@@ -364,6 +366,19 @@ pub fn run(svc: Arc<Service>, stop: Arc<AtomicBool>) {
 mod tests {
     use super::*;
 
+    /// Scan until something is complete (bounded).
+    fn poll_scan(w: &mut DirWatch) -> Vec<PathBuf> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = w.scan();
+            if !v.is_empty() {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "nothing settled");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     #[test]
     fn names_that_are_ignored() {
         for n in [
@@ -407,12 +422,20 @@ mod tests {
         .add_path(f.clone());
         w.on_event(&ev);
         assert!(w.scan().is_empty());
-        std::thread::sleep(Duration::from_millis(350));
-        assert_eq!(w.scan(), vec![f.clone()]);
-        // Ignored names never are.
+        let t = Instant::now();
+        let settled = poll_scan(&mut w);
+        assert_eq!(settled, vec![f.clone()]);
+        assert!(t.elapsed() >= Duration::from_millis(250), "settled early");
+        // Ignored names never are: `b.part` was written before `c`, so by
+        // the time `c` has settled `b.part` would have too.
         std::fs::write(dir.join("b.part"), b"x").unwrap();
-        std::thread::sleep(Duration::from_millis(350));
-        assert_eq!(w.scan(), vec![f]);
+        let c = dir.join("c.bundle");
+        std::fs::write(&c, b"y").unwrap();
+        std::fs::remove_file(&f).unwrap();
+        w.forget(&f);
+        let mut seen = poll_scan(&mut w);
+        seen.sort();
+        assert_eq!(seen, vec![c]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

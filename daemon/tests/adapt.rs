@@ -4,8 +4,6 @@
 //! front lists four of them, timed on this machine. Every loop is bounded
 //! in time and count; the tests run one at a time (2-core machine).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,14 +11,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use adaptivenet_daemon::engine::Engine;
-use adaptivenet_daemon::search_api::{device_fingerprint, FrontPoint, SearchResult};
 use adaptivenet_onnx::bundle::{BundleWriter, ModelDescription, Preprocess, SUPERNET_FILE};
 use adaptivenet_onnx::model_io::encode_model;
 use adaptivenet_onnx::supernet::{
     build_branches, embed_manifest, supernet_with_manifest, BranchSpec,
 };
 use adaptivenet_onnx::Oracle;
-use common::*;
+use adaptivenet_search::{cache, fingerprint, FrontPoint, SearchResult};
+use adaptivenet_testkit::prelude::*;
 use serde_json::Value;
 
 /// One test at a time: they measure latency on a 2-core machine.
@@ -51,8 +49,8 @@ fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
         let dir = TempDir::new("fixture");
-        let oracle = Oracle::load(&repo().join(adaptivenet_daemon::demo::ORACLE_FIXTURE), None)
-            .expect("oracle");
+        let oracle =
+            Oracle::load(adaptivenet_testkit::fixtures::oracle_path(), None).expect("oracle");
         let spec = BranchSpec {
             merge_spans: vec![3],
             shrink_ratios: vec![],
@@ -82,7 +80,7 @@ fn fixture() -> &'static Fixture {
         let mut ms = Vec::new();
         for (s, _) in FRONT {
             let e = Engine::build(&bundle, &s.parse().expect("subnet")).expect("engine");
-            ms.push(e.time_batch1(10, 101).expect("time"));
+            ms.push(time_batch1(&e, 10, 101));
         }
         println!(
             "front timed here (batch-1 median ms): {}",
@@ -101,11 +99,29 @@ fn fixture() -> &'static Fixture {
     })
 }
 
+/// Median batch-1 latency of an engine on zeros, ms.
+fn time_batch1(e: &Engine, warmup: usize, runs: usize) -> f64 {
+    let plan = e.plan(1).expect("plan");
+    let input = e.zeros(1).expect("input");
+    for _ in 0..warmup {
+        plan.run(input.clone()).expect("run");
+    }
+    let mut times: Vec<f64> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            plan.run(input.clone()).expect("run");
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    adaptivenet_onnx::measure::median(&mut times)
+}
+
 /// Lay out `root/state` as if the bundle had been installed and searched.
-fn install_state(root: &Path, chosen: usize) {
+/// `workers`: the daemon's `worker_threads` (part of the result's key).
+fn install_state(root: &Path, workers: usize) {
     let f = fixture();
     let state = root.join("state");
-    std::fs::create_dir_all(state.join("results")).expect("state dir");
+    std::fs::create_dir_all(&state).expect("state dir");
     std::fs::write(state.join("active.bundle"), &f.bytes).expect("active.bundle");
     let front: Vec<FrontPoint> = FRONT
         .iter()
@@ -114,23 +130,18 @@ fn install_state(root: &Path, chosen: usize) {
             subnet: s.parse().expect("subnet"),
             predicted_ms: *ms,
             accuracy: *acc,
+            images: 100,
         })
         .collect();
-    let result = SearchResult {
-        bundle_sha256: f.sha256.clone(),
-        fingerprint: device_fingerprint(),
-        chosen: front[chosen].subnet.clone(),
+    let fp = fingerprint(workers);
+    let result = SearchResult::of_front(
+        &f.sha256,
+        &fp,
         front,
-        budget_ms: f.ms[ORACLE],
-        oracle_ms: f.ms[ORACLE],
-        method: "test front (timed by the test)".into(),
-        elapsed_s: 0.0,
-    };
-    std::fs::write(
-        state.join("results").join(format!("{}.json", f.sha256)),
-        serde_json::to_vec_pretty(&result).expect("json"),
-    )
-    .expect("result");
+        f.ms[ORACLE],
+        "test front (timed by the test)",
+    );
+    cache::store(&cache::cache_path(&state, &f.sha256, &fp), &result).expect("result");
 }
 
 fn budget_line(ms: f64) -> String {
@@ -149,7 +160,17 @@ fn start_niced(
     env: &[(&str, String)],
     nice: i32,
 ) -> Daemon {
-    install_state(root, ORACLE);
+    // The daemon's worker_threads: given in `extra`, else one per CPU.
+    let workers = extra
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("worker_threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+    install_state(root, workers);
     let d = Daemon::start_niced(
         root,
         &format!("allow_unsigned: true\n{}{extra}", budget_line(budget_ms)),
@@ -221,8 +242,7 @@ impl Load {
             .map(|k| {
                 let (stop, ok) = (stop.clone(), ok.clone());
                 std::thread::spawn(move || {
-                    let mut c = adaptivenet_daemon::client::Client::new(addr)
-                        .with_timeout(Duration::from_secs(30));
+                    let mut c = Client::new(addr).with_timeout(Duration::from_secs(30));
                     let data: Vec<f64> = (0..784)
                         .map(|i| ((i * 7 + k) % 255) as f64 / 255.0)
                         .collect();
@@ -262,7 +282,7 @@ impl Load {
     }
 }
 
-fn well_formed(r: &adaptivenet_daemon::client::Response) -> Result<(), String> {
+fn well_formed(r: &Response) -> Result<(), String> {
     let v = r.json()?;
     let o = &v["outputs"][0];
     let data = o["data"].as_array().ok_or("no data")?;
@@ -528,7 +548,7 @@ fn a_faked_throttled_board_makes_it_retime_and_move_down() {
     let f = fixture();
     let tmp = TempDir::new("throttle");
     let board = tmp.path().join("board");
-    adaptivenet_daemon::monitor::sysfs::write_fake_board(
+    adaptivenet_testkit::board::write_fake_board(
         &board,
         2,
         1_800_000,
@@ -558,7 +578,7 @@ fn a_faked_throttled_board_makes_it_retime_and_move_down() {
     let mut timeline = Vec::new();
     let t0 = Instant::now();
     timeline.push("   0.00 s  board throttles: clock 30% of max, cpu-thermal 90 °C".to_string());
-    adaptivenet_daemon::monitor::sysfs::write_fake_board(
+    adaptivenet_testkit::board::write_fake_board(
         &board,
         2,
         540_000,
@@ -602,7 +622,7 @@ fn a_faked_throttled_board_makes_it_retime_and_move_down() {
     assert_eq!(a["environment"]["pressure"]["cpu_some_avg10"], 35.0);
     // Cooled down again: re-time, and back up after the slack.
     let t1 = Instant::now();
-    adaptivenet_daemon::monitor::sysfs::write_fake_board(
+    adaptivenet_testkit::board::write_fake_board(
         &board,
         2,
         1_800_000,
@@ -647,7 +667,11 @@ fn twenty_swaps_by_sighup_under_4_clients_fail_no_request() {
         &[],
     );
     let load = Load::start(d.addr, 4, Duration::from_secs(180));
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until(
+        "the clients to be under way",
+        Duration::from_secs(30),
+        || load.ok.load(Ordering::Relaxed) >= 20,
+    );
     let t0 = Instant::now();
     let mut forced = 0;
     for i in 0..22 {
@@ -673,7 +697,12 @@ fn twenty_swaps_by_sighup_under_4_clients_fail_no_request() {
         );
     }
     let took = t0.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_millis(300));
+    let after = load.ok.load(Ordering::Relaxed);
+    wait_until(
+        "requests on the last subnet",
+        Duration::from_secs(30),
+        || load.ok.load(Ordering::Relaxed) >= after + 20,
+    );
     let (ok, failures) = load.finish();
     println!(
         "{forced} swaps forced by SIGHUP in {took:.1} s under 4 clients: {ok} requests ok, {} failed",

@@ -2,8 +2,6 @@
 //! temp folders, bundles made from the oracle fixture and signed with the
 //! demo key. Every wait is bounded in time.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +11,7 @@ use adaptivenet_onnx::bundle::Bundle;
 use adaptivenet_onnx::dataset::{Dataset, Preprocess};
 use adaptivenet_onnx::idx::read_idx;
 use adaptivenet_onnx::Plan;
-use common::*;
+use adaptivenet_testkit::prelude::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -48,8 +46,16 @@ fn a_bundle_written_in_two_steps_is_loaded_only_when_complete() {
     let path = d.bundle_dir.join("fmnist.bundle");
     let mut f = std::fs::File::create(&path).expect("create");
     write_all(&mut f, &bytes[..bytes.len() / 2]);
-    // Half written (file still open): not loaded, not rejected.
-    std::thread::sleep(Duration::from_secs(3));
+    // Half written (file still open): not loaded, not rejected, for the
+    // 3 s it is given (settle_s is 5).
+    holds_for(
+        "the half-written bundle not being taken",
+        Duration::from_secs(3),
+        || {
+            let a = d.adaptation();
+            a["active_subnet"].is_null() && a["rejected"].as_array().is_some_and(Vec::is_empty)
+        },
+    );
     let a = d.adaptation();
     assert!(
         a["active_subnet"].is_null(),
@@ -114,8 +120,7 @@ fn bad_bundles_are_rejected_while_requests_keep_succeeding() {
     let client_thread = {
         let (stop, ok, failed, addr) = (stop.clone(), ok.clone(), failed.clone(), d.addr);
         std::thread::spawn(move || {
-            let mut c =
-                adaptivenet_daemon::client::Client::new(addr).with_timeout(Duration::from_secs(30));
+            let mut c = Client::new(addr).with_timeout(Duration::from_secs(30));
             let body = infer_body("FP32", &[1, 1, 28, 28], &vec![0.1; 784]);
             let deadline = Instant::now() + Duration::from_secs(120);
             let mut failures = Vec::new();
@@ -186,7 +191,10 @@ fn bad_bundles_are_rejected_while_requests_keep_succeeding() {
     // A good, newer bundle now swaps in under the same load.
     drop_bundle(&d.bundle_dir, "v5.bundle", &signed_bundle(5));
     d.wait_for("v5 to serve", WAIT, |a| served_version(a) == Some(5));
-    std::thread::sleep(Duration::from_millis(300));
+    let after = ok.load(Ordering::Relaxed);
+    wait_until("requests on v5", WAIT, || {
+        ok.load(Ordering::Relaxed) >= after + 10
+    });
     stop.store(true, Ordering::Relaxed);
     let failures = client_thread.join().expect("client thread");
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
@@ -236,7 +244,8 @@ fn after_kill_9_it_serves_again_within_2_s_without_searching() {
             .contains("stored search result"),
         "{a:#}"
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // Restored with its stored result, so no search was queued (restore
+    // runs before the first request is answered).
     assert!(
         !d2.log_text().contains("search started"),
         "searched again:\n{}",
@@ -257,9 +266,8 @@ fn reference(bundle: &Bundle, input: &adaptivenet_onnx::tract_onnx::prelude::Ten
         .copied()
         .collect();
     // The oracle path is the oracle itself: the fixture run whole agrees.
-    let oracle =
-        adaptivenet_onnx::load_model(repo().join(adaptivenet_daemon::demo::ORACLE_FIXTURE))
-            .expect("oracle fixture");
+    let oracle = adaptivenet_onnx::load_model(adaptivenet_testkit::fixtures::oracle_path())
+        .expect("oracle fixture");
     let whole = Plan::whole_model(&oracle, input.shape()[0])
         .expect("plan")
         .run(input.clone())
@@ -282,7 +290,7 @@ fn reference(bundle: &Bundle, input: &adaptivenet_onnx::tract_onnx::prelude::Ten
     got
 }
 
-fn logits_of(r: &adaptivenet_daemon::client::Response) -> (Vec<usize>, Vec<f32>) {
+fn logits_of(r: &Response) -> (Vec<usize>, Vec<f32>) {
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json().expect("json");
     let o = &v["outputs"][0];
@@ -505,8 +513,7 @@ fn a_full_queue_answers_503() {
         .map(|_| {
             let (body, barrier, addr) = (body.clone(), barrier.clone(), d.addr);
             std::thread::spawn(move || {
-                let mut c = adaptivenet_daemon::client::Client::new(addr)
-                    .with_timeout(Duration::from_secs(60));
+                let mut c = Client::new(addr).with_timeout(Duration::from_secs(60));
                 barrier.wait();
                 c.post("/v2/models/fmnist-resnet/infer", &body)
                     .map(|r| r.status)
@@ -684,7 +691,7 @@ fn demo_serves_and_prints_a_curl_example() {
         .parse()
         .expect("addr");
     let body = std::fs::read(file).expect("request file");
-    let r = adaptivenet_daemon::client::Client::new(addr)
+    let r = Client::new(addr)
         .post("/v2/models/fmnist-resnet/infer", &body)
         .expect("infer");
     assert_eq!(r.status, 200, "{}", r.text());

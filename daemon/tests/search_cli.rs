@@ -3,8 +3,6 @@
 //! bad input (bad checksum, bad signature, data of the wrong shape, a budget
 //! below the fastest subnet) with clear messages and no panic.
 
-mod search_util;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
@@ -20,9 +18,16 @@ fn search_cmd(bundle: &Path, state: &Path, extra: &[&str]) -> Command {
     let mut c = adaptived();
     c.arg("--state-dir").arg(state).arg("search");
     c.arg("--bundle").arg(bundle);
-    c.arg("--pubkey").arg(search_util::demo_pub_path());
-    c.args(["--data", &search_util::subset_source("[0:200]")]);
-    c.args(["--holdout", &search_util::subset_source("[200:400]")]);
+    c.arg("--pubkey")
+        .arg(adaptivenet_testkit::fixtures::demo_pub());
+    c.args([
+        "--data",
+        &adaptivenet_testkit::fixtures::subset_source("[0:200]"),
+    ]);
+    c.args([
+        "--holdout",
+        &adaptivenet_testkit::fixtures::subset_source("[200:400]"),
+    ]);
     c.args([
         "--space",
         "merge",
@@ -54,8 +59,9 @@ fn no_panic(o: &Output) {
 
 #[test]
 fn search_writes_json_and_svg_and_a_second_run_loads_the_cache_in_under_a_second() {
-    let dir = search_util::tmp("cli");
-    let bundle = search_util::bundle_path();
+    let tmp = adaptivenet_testkit::TempDir::new("cli");
+    let dir = tmp.path().to_path_buf();
+    let bundle = adaptivenet_testkit::bundles::untrained_bundle_path();
     let state = dir.join("state");
     let (json, svg) = (dir.join("r.json"), dir.join("r.svg"));
     let o = search_cmd(&bundle, &state, &["--budget-frac", "0.6"])
@@ -172,8 +178,9 @@ fn corrupt(bundle: &Path, out: &Path, entry: &str) {
 
 #[test]
 fn bad_inputs_give_clear_messages_and_no_panic() {
-    let dir = search_util::tmp("bad");
-    let bundle = search_util::bundle_path();
+    let tmp = adaptivenet_testkit::TempDir::new("bad");
+    let dir = tmp.path().to_path_buf();
+    let bundle = adaptivenet_testkit::bundles::untrained_bundle_path();
     let state = dir.join("state");
     // a bad checksum
     let bad = dir.join("bad-checksum.bundle");
@@ -200,7 +207,10 @@ fn bad_inputs_give_clear_messages_and_no_panic() {
         .arg("search")
         .arg("--bundle")
         .arg(&bundle)
-        .args(["--data", &search_util::subset_source("[0:10]")])
+        .args([
+            "--data",
+            &adaptivenet_testkit::fixtures::subset_source("[0:10]"),
+        ])
         .output()
         .unwrap();
     assert!(!o.status.success());
@@ -226,7 +236,7 @@ fn bad_inputs_give_clear_messages_and_no_panic() {
         .arg("--bundle")
         .arg(&bundle)
         .arg("--pubkey")
-        .arg(search_util::demo_pub_path());
+        .arg(adaptivenet_testkit::fixtures::demo_pub());
     c.arg("--data").arg(format!("npy:{}", npy.display()));
     let o = c.output().unwrap();
     assert!(!o.status.success());
@@ -243,7 +253,7 @@ fn bad_inputs_give_clear_messages_and_no_panic() {
         .arg("--bundle")
         .arg(&bundle)
         .arg("--pubkey")
-        .arg(search_util::demo_pub_path());
+        .arg(adaptivenet_testkit::fixtures::demo_pub());
     c.args(["--data", "idx:/nonexistent/images.gz"]);
     let o = c.output().unwrap();
     assert!(!o.status.success());

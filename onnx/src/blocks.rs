@@ -216,8 +216,7 @@ fn auto_cuts(
     // it, up to the next segment with a weighted op or a parallel region.
     let mut stem_end = None;
     let mut seen_weighted = false;
-    for k in 1..k_max {
-        let seg = &segments[k];
+    for (k, seg) in segments.iter().enumerate().take(k_max).skip(1) {
         if seen_weighted && (is_weighted(seg) || is_parallel(seg)) {
             stem_end = Some(k - 1);
             break;

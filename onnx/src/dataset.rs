@@ -20,7 +20,9 @@ pub struct Preprocess {
 }
 
 impl Preprocess {
-    fn apply(&self, channel: usize, raw: u8) -> f32 {
+    /// Normalise one raw pixel of `channel` (a single mean/std applies to
+    /// every channel).
+    pub fn apply(&self, channel: usize, raw: u8) -> f32 {
         let m = self
             .mean
             .get(channel)
@@ -34,6 +36,18 @@ impl Preprocess {
             .copied()
             .unwrap_or(1.0);
         (raw as f32 / 255.0 - m) / s
+    }
+
+    /// Normalise raw pixels laid out as whole items of `item_shape`
+    /// (`[C, H, W]`, channel-first): pixel `i` belongs to channel
+    /// `(i % item) / (H * W)`.
+    pub fn apply_items(&self, item_shape: &[usize], raw: &[u8]) -> Vec<f32> {
+        let plane: usize = item_shape.iter().skip(1).product::<usize>().max(1);
+        let item: usize = item_shape.iter().product::<usize>().max(1);
+        raw.iter()
+            .enumerate()
+            .map(|(i, &px)| self.apply((i % item) / plane, px))
+            .collect()
     }
 }
 
@@ -49,11 +63,7 @@ pub struct Dataset {
 impl Dataset {
     pub fn len(&self) -> usize {
         let s: usize = self.item_shape.iter().product();
-        if s == 0 {
-            0
-        } else {
-            self.data.len() / s
-        }
+        self.data.len().checked_div(s).unwrap_or(0)
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -117,7 +127,7 @@ impl Dataset {
     }
 
     /// Load a float32 NPY tensor [N, ...] (already preprocessed) and optional
-    /// integer NPY labels [N].
+    /// integer NPY labels `[N]`.
     pub fn from_npy(tensor: &Path, labels: Option<&Path>) -> Result<Dataset> {
         let t = read_npy(tensor)?;
         if t.shape.len() < 2 {
@@ -148,6 +158,32 @@ impl Dataset {
     }
 
     /// Items `start..start+n` as one tensor [n, ...].
+    /// A stratified subset: the first `per_class` items of each label, in
+    /// their original order (all items when unlabelled or a class has
+    /// fewer). Deterministic, so a subset result is reproducible.
+    pub fn stratified(&self, per_class: usize) -> Dataset {
+        let Some(labels) = &self.labels else {
+            return self.clone();
+        };
+        let k: usize = self.item_shape.iter().product();
+        let mut taken: std::collections::HashMap<i64, usize> = Default::default();
+        let mut data = Vec::new();
+        let mut kept = Vec::new();
+        for (i, l) in labels.iter().enumerate() {
+            let n = taken.entry(*l).or_insert(0);
+            if *n < per_class {
+                *n += 1;
+                data.extend_from_slice(&self.data[i * k..(i + 1) * k]);
+                kept.push(*l);
+            }
+        }
+        Dataset {
+            item_shape: self.item_shape.clone(),
+            data,
+            labels: Some(kept),
+        }
+    }
+
     pub fn batch(&self, start: usize, n: usize) -> Result<Tensor> {
         let k = self.item_len();
         let end = (start + n).min(self.len());

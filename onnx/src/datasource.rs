@@ -3,7 +3,7 @@
 //!
 //! - `idx:IMAGES[,LABELS]`: IDX files of the MNIST family (plain or .gz);
 //! - `npy:TENSOR[,LABELS]`: a float32 NPY tensor [N, ...], already
-//!   preprocessed, with optional integer labels [N];
+//!   preprocessed, with optional integer labels `[N]`;
 //! - `folder:DIR`: one sub-folder per class (sorted by name, or in the order
 //!   of the model's labels when the names match), PNG or JPEG images,
 //!   converted to the model's channels and size;
@@ -219,11 +219,11 @@ fn load_folder(
         };
         if c == 1 {
             let g = img.to_luma8();
-            data.extend(g.pixels().map(|p| pre_px(pre, 0, p.0[0])));
+            data.extend(g.pixels().map(|p| pre.apply(0, p.0[0])));
         } else {
             let rgb = img.to_rgb8();
             for ch in 0..3 {
-                data.extend(rgb.pixels().map(|p| pre_px(pre, ch, p.0[ch])));
+                data.extend(rgb.pixels().map(|p| pre.apply(ch, p.0[ch])));
             }
         }
         out_labels.push(*label);
@@ -233,17 +233,6 @@ fn load_folder(
         data,
         labels: Some(out_labels),
     })
-}
-
-fn pre_px(pre: &Preprocess, ch: usize, v: u8) -> f32 {
-    let m = pre
-        .mean
-        .get(ch)
-        .or(pre.mean.first())
-        .copied()
-        .unwrap_or(0.0);
-    let s = pre.std.get(ch).or(pre.std.first()).copied().unwrap_or(1.0);
-    (v as f32 / 255.0 - m) / s
 }
 
 #[cfg(test)]

@@ -93,9 +93,10 @@ pub fn input_dtype(model: &ModelProto, input: &str) -> DatumType {
         .as_ref()
         .and_then(|g| g.input.iter().find(|i| i.name == input))
         .and_then(|i| i.r#type.as_ref())
-        .and_then(|t| match &t.value {
-            Some(type_proto::Value::TensorType(t)) => Some(t.elem_type),
-            None => None,
+        .and_then(|t| {
+            t.value
+                .as_ref()
+                .map(|type_proto::Value::TensorType(t)| t.elem_type)
         })
         .unwrap_or(1);
     onnx_elem_to_datum(elem).unwrap_or(DatumType::F32)

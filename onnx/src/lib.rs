@@ -12,22 +12,28 @@ pub mod datasource;
 pub mod error;
 pub mod extract;
 pub mod facts;
+pub mod fsutil;
 pub mod graph;
 pub mod idx;
+pub mod measure;
 pub mod model_io;
 pub mod npy;
 pub mod oracle;
 pub mod plan;
+pub mod rng;
 pub mod stats;
+pub mod subnet;
 pub mod supernet;
 pub mod weights;
 
 pub use blocks::{detect_blocks, BlockLayout, Span};
 pub use error::{Error, Result};
+pub use fsutil::write_atomically;
 pub use graph::GraphIndex;
 pub use model_io::{load_model, save_model};
 pub use oracle::{LayoutSummary, Oracle};
 pub use plan::{ChainedPlans, Plan};
+pub use rng::SplitMix;
 
 /// The tract version this crate runs on (part of a device fingerprint).
 pub const TRACT_VERSION: &str = "0.23";

@@ -2,13 +2,13 @@
 //! types, encoded with prost). Every failure names the file and the problem;
 //! garbage, truncated or empty input is an error, never a panic.
 
-use std::io::Write;
 use std::path::Path;
 
 use prost::Message;
 use tract_onnx::pb::ModelProto;
 
 use crate::error::{Error, Result};
+use crate::fsutil::write_atomically;
 
 /// Read and validate an ONNX model from a file.
 pub fn load_model(path: impl AsRef<Path>) -> Result<ModelProto> {
@@ -89,33 +89,6 @@ pub fn encode_model(model: &ModelProto) -> Vec<u8> {
 /// `path`.
 pub fn save_model(path: impl AsRef<Path>, model: &ModelProto) -> Result<()> {
     write_atomically(path.as_ref(), &encode_model(model))
-}
-
-/// Write bytes atomically (temporary file in the same directory + rename).
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::io(path, std::io::Error::other("not a file path")))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

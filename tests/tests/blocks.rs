@@ -3,7 +3,7 @@
 
 use adaptivenet_onnx::graph::GraphIndex;
 use adaptivenet_onnx::Oracle;
-use adaptivenet_tests::{oracle_path, thirdparty};
+use adaptivenet_testkit::fixtures::{oracle_path, thirdparty};
 
 fn producer_op<'a>(oracle: &'a Oracle, tensor: &str) -> &'a str {
     let n = oracle.index.producer[tensor];
@@ -23,7 +23,7 @@ fn fixture_splits_into_its_residual_blocks() {
     }
     // stem: one conv and its activation; head: pooling, flatten, linear
     assert_eq!(s.stem.stats.op_counts.get("Conv"), Some(&1), "{:?}", s.stem);
-    assert!(s.stem.stats.op_counts.get("Add").is_none());
+    assert!(!s.stem.stats.op_counts.contains_key("Add"));
     assert_eq!(s.head.stats.op_counts.get("Gemm"), Some(&1), "{:?}", s.head);
     assert_eq!(s.head.output_shape, vec![1, 10]);
     // three stages: channels double and resolution halves twice

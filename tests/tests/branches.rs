@@ -9,7 +9,7 @@ use adaptivenet_onnx::extract::materialise;
 use adaptivenet_onnx::facts::infer_facts;
 use adaptivenet_onnx::supernet::assemble;
 use adaptivenet_onnx::{GraphIndex, Oracle, Plan, Span};
-use adaptivenet_tests::{fmnist_subset, oracle_path};
+use adaptivenet_testkit::fixtures::{oracle_path, subset};
 
 fn all_branches(oracle: &Oracle, source: MergeSource) -> Vec<BuiltBranch> {
     let n = oracle.layout.num_blocks();
@@ -60,7 +60,7 @@ fn supernet_branches_have_the_shapes_of_their_cuts_and_the_oracle_path_is_exact(
         assert_eq!(&facts.get(&b.output).unwrap().shape, want, "{}", b.id);
     }
     // run as is, the supernet computes the oracle's output exactly
-    let data = fmnist_subset().unwrap();
+    let data = subset(1000);
     let x = data.batch(0, 16).unwrap();
     let a = Plan::whole_model(&oracle.model, 16)
         .unwrap()
@@ -87,7 +87,7 @@ fn every_single_branch_subnet_runs_and_pretrained_copies_keep_some_accuracy() {
     let branches = all_branches(&oracle, MergeSource::Best);
     let supernet = assemble(&oracle, &branches).unwrap();
     let index = GraphIndex::of_model(&supernet).unwrap();
-    let data = fmnist_subset().unwrap();
+    let data = subset(1000);
     let n = 200;
     let x = data.batch(0, n).unwrap();
     let labels = &data.labels.as_ref().unwrap()[..n];
@@ -149,7 +149,7 @@ fn first_block_merges_fold_strides_and_recreate_what_must_change() {
     let sub = materialise(&supernet, &index, &path_with(&oracle, &b)).unwrap();
     let out = Plan::whole_model(&sub, 2)
         .unwrap()
-        .run(fmnist_subset().unwrap().batch(0, 2).unwrap())
+        .run(subset(1000).batch(0, 2).unwrap())
         .unwrap();
     assert_eq!(out.shape(), &[2, 10]);
 }

@@ -1,17 +1,22 @@
 //! The committed demo bundle (`demo/fmnist-resnet.bundle`, made by
 //! `demo/make-demo-bundle.sh`): it verifies against the demo key, its oracle
-//! path is the oracle bit for bit, and on the full 10k Fashion-MNIST test set
-//! the most merged subnet reaches the 85% and every single-branch
-//! subnet is within the 2 points of the oracle path (see the
-//! constants and README).
+//! path is the oracle bit for bit, and the most merged subnet reaches 85%
+//! while every single-branch subnet stays within 2 points of the oracle
+//! path (see the constants and docs/results.md).
+//!
+//! The accuracy check runs on a stratified 2,000-image subset of the
+//! Fashion-MNIST test set (200 per class; about 4 minutes on 2 cores) with
+//! margins of two standard errors of a paired difference on 2,000 images
+//! (1 point); the full 10k run with the exact goals (about 17 minutes) is
+//! `ADAPTIVENET_FULL_EVAL=1 cargo test --release -p adaptivenet-tests --test
+//! demo_bundle -- --nocapture`.
 
-use adaptivenet_cloud_tools::cmd_subnet::{
-    most_merged_subnet, single_branch_subnet, subnet_model, top1,
-};
+use adaptivenet_cloud_tools::cmd_subnet::{subnet_model, top1};
 use adaptivenet_onnx::bundle::{read_public_key, BranchKind, Bundle, SubnetId};
 use adaptivenet_onnx::dataset::max_abs_diff;
+use adaptivenet_onnx::subnet::{most_merged_subnet, single_branch_subnet};
 use adaptivenet_onnx::{GraphIndex, Oracle, Plan};
-use adaptivenet_tests::{fixtures, fmnist_subset, fmnist_test_full, oracle_path};
+use adaptivenet_testkit::fixtures::{demo_bundle, demo_pub, fmnist_test_full, oracle_path, subset};
 
 /// No single-branch subnet is further below the oracle path than this
 /// (top-1, fraction): the goal. The committed bundle's worst is
@@ -20,11 +25,15 @@ const MAX_SINGLE_BRANCH_DROP: f64 = -0.02;
 /// The most merged subnet reaches at least this top-1 (the goal;
 /// the committed bundle measures 88.69%).
 const MIN_MOST_MERGED: f64 = 0.85;
+/// Images per class of the stratified subset CI evaluates on.
+const PER_CLASS: usize = 200;
+/// The subset's sampling margin on both goals (two standard errors of a
+/// paired accuracy difference at about 5% disagreement on 2,000 images).
+const SUBSET_MARGIN: f64 = 0.01;
 
 fn demo() -> Bundle {
-    let root = fixtures().join("../..");
-    let key = read_public_key(&fixtures().join("keys/demo.pub")).unwrap();
-    Bundle::open(&root.join("demo/fmnist-resnet.bundle"), &[key], false).unwrap()
+    let key = read_public_key(&demo_pub()).unwrap();
+    Bundle::open(demo_bundle(), &[key], false).unwrap()
 }
 
 #[test]
@@ -33,7 +42,7 @@ fn demo_bundle_oracle_path_is_the_oracle_bit_for_bit() {
     let index = GraphIndex::of_model(&bundle.model).unwrap();
     let oracle = Oracle::load(oracle_path(), None).unwrap();
     let sub = subnet_model(&bundle, &index, &bundle.manifest.oracle_subnet()).unwrap();
-    let x = fmnist_subset().unwrap().batch(0, 64).unwrap();
+    let x = subset(1000).batch(0, 64).unwrap();
     let a = oracle.whole_plan(64).unwrap().run(x.clone()).unwrap();
     assert_eq!(
         max_abs_diff(
@@ -62,7 +71,24 @@ fn demo_bundle_subnets_keep_their_measured_accuracy() {
     let bundle = demo();
     let m = &bundle.manifest;
     let index = GraphIndex::of_model(&bundle.model).unwrap();
-    let data = fmnist_test_full().unwrap();
+    let full = std::env::var_os("ADAPTIVENET_FULL_EVAL").is_some();
+    let all = fmnist_test_full();
+    let (data, margin) = if full {
+        (all, 0.0)
+    } else {
+        (all.stratified(PER_CLASS), SUBSET_MARGIN)
+    };
+    println!(
+        "{} images ({})",
+        data.len(),
+        if full {
+            "the full test set"
+        } else {
+            "stratified subset; ADAPTIVENET_FULL_EVAL=1 for all 10k"
+        }
+    );
+    let oracle_model = Oracle::load(oracle_path(), None).unwrap();
+    let expected_oracle = adaptivenet_onnx::subnet::top1(&oracle_model.model, &data, 200).unwrap();
     // every single-branch subnet, then the most merged one; two workers
     let news: Vec<_> = m
         .branches
@@ -71,7 +97,7 @@ fn demo_bundle_subnets_keep_their_measured_accuracy() {
         .collect();
     let mut subnets: Vec<SubnetId> = vec![m.oracle_subnet()];
     subnets.extend(news.iter().map(|b| single_branch_subnet(m, b)));
-    let merged = most_merged_subnet(m);
+    let merged = most_merged_subnet(m).expect("a path");
     subnets.push(merged.clone());
     let workers = 2;
     let mut accs = vec![0f64; subnets.len()];
@@ -104,15 +130,24 @@ fn demo_bundle_subnets_keep_their_measured_accuracy() {
     }
     let acc = accs[accs.len() - 1];
     println!("most merged `{merged}`: {:.2}%", acc * 100.0);
-    assert!(
-        (oracle - 0.932).abs() < 1e-9,
-        "the oracle path must stay the oracle: {oracle}"
+    assert_eq!(
+        oracle, expected_oracle,
+        "the oracle path must score exactly what the oracle scores"
     );
+    if full {
+        assert!(
+            (oracle - 0.932).abs() < 1e-9,
+            "the oracle scored 93.20% on the full test set when the bundle was made: {oracle}"
+        );
+    }
     assert!(
-        worst.0 >= MAX_SINGLE_BRANCH_DROP,
+        worst.0 >= MAX_SINGLE_BRANCH_DROP - margin,
         "single-branch subnet {} is {:.2} points below the oracle",
         worst.1,
         -worst.0 * 100.0
     );
-    assert!(acc >= MIN_MOST_MERGED, "most merged subnet {merged}: {acc}");
+    assert!(
+        acc >= MIN_MOST_MERGED - margin,
+        "most merged subnet {merged}: {acc}"
+    );
 }

@@ -10,7 +10,7 @@ use adaptivenet_onnx::extract::materialise;
 use adaptivenet_onnx::npy::{encode_npy_f32, read_npy};
 use adaptivenet_onnx::tract_onnx::prelude::*;
 use adaptivenet_onnx::{ChainedPlans, Oracle, Plan, Span};
-use adaptivenet_tests::{fixtures, fmnist_test_full, oracle_path};
+use adaptivenet_testkit::fixtures::{fixtures, fmnist_test_full, oracle_path};
 
 fn ref_input() -> Tensor {
     let a = read_npy(fixtures().join("oracle/ref_input.npy")).unwrap();
@@ -162,7 +162,7 @@ fn materialised_subnet_that_skips_a_block_equals_its_chained_plans() {
 #[test]
 fn fixture_top1_on_the_full_fashion_mnist_test_set_is_at_least_91_percent() {
     let oracle = Oracle::load(oracle_path(), None).unwrap();
-    let data = fmnist_test_full().unwrap();
+    let data = fmnist_test_full();
     assert_eq!(data.len(), 10_000);
     let labels = data.labels.as_ref().unwrap();
     let batch = 100;

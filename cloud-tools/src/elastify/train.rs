@@ -266,7 +266,9 @@ fn path_of<'m>(manifest: &'m Manifest, subnet: &SubnetId) -> Vec<&'m Branch> {
 
 /// The path with the fewest branches (longest merges), fewest MACs among those.
 pub fn most_merged_path(manifest: &Manifest) -> Vec<&Branch> {
-    path_of(manifest, &crate::cmd_subnet::most_merged_subnet(manifest))
+    let merged = adaptivenet_onnx::subnet::most_merged_subnet(manifest)
+        .unwrap_or_else(|| SubnetId(Vec::new()));
+    path_of(manifest, &merged)
 }
 
 /// The input cut and the branches to run for `path`: the frozen originals
@@ -304,7 +306,7 @@ fn unit(rng: &mut SplitMix) -> f64 {
 fn with_branch<'m>(manifest: &'m Manifest, branch: &'m Branch) -> Vec<&'m Branch> {
     path_of(
         manifest,
-        &crate::cmd_subnet::single_branch_subnet(manifest, branch),
+        &adaptivenet_onnx::subnet::single_branch_subnet(manifest, branch),
     )
 }
 

@@ -10,7 +10,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-/// Convolution of `x` [N,C,H,W] with `w` [O,C/groups,kh,kw], symmetric
+/// Convolution of `x` `[N,C,H,W]` with `w` `[O,C/groups,kh,kw]`, symmetric
 /// `padding`, square `stride` and `dilation`. Same result as
 /// `x.conv2d(w, padding, stride, dilation, groups)`.
 pub fn conv2d(

@@ -8,55 +8,15 @@ use candle_core::{DType, Device, Tensor, D};
 use super::params::tensor_from_proto;
 use super::value::{IntTensor, Value};
 
-/// Ops this interpreter evaluates.
-pub const SUPPORTED: &[&str] = &[
-    "Conv",
-    "BatchNormalization",
-    "Relu",
-    "Clip",
-    "Add",
-    "Sum",
-    "Mul",
-    "Sub",
-    "Div",
-    "MaxPool",
-    "AveragePool",
-    "GlobalAveragePool",
-    "GlobalMaxPool",
-    "Flatten",
-    "Reshape",
-    "Gemm",
-    "MatMul",
-    "Concat",
-    "Sigmoid",
-    "HardSigmoid",
-    "HardSwish",
-    "Identity",
-    "Dropout",
-    "LeakyRelu",
-    "Tanh",
-    "Neg",
-    "Exp",
-    "Sqrt",
-    "Abs",
-    "Softmax",
-    "Transpose",
-    "Squeeze",
-    "Unsqueeze",
-    "Shape",
-    "Size",
-    "Gather",
-    "Slice",
-    "Cast",
-    "Constant",
-    "ConstantOfShape",
-    "ReduceMean",
-    "Pad",
-];
-
 /// Whether `op_type` (default domain) is supported.
 pub fn is_supported(op_type: &str) -> bool {
-    SUPPORTED.contains(&op_type)
+    lookup(op_type).is_some()
+}
+
+/// The ops this interpreter evaluates, by name (also what `is_supported`
+/// answers from, so the two cannot disagree).
+pub fn supported() -> impl Iterator<Item = &'static str> {
+    OPS.iter().map(|(name, _)| *name)
 }
 
 /// Failure inside one op; the caller adds the node's name and op.
@@ -155,95 +115,121 @@ fn axis(a: i64, rank: usize) -> R<usize> {
     Ok(v as usize)
 }
 
+type OpFn = fn(&Ctx) -> R<Vec<Value>>;
+
+/// Every op: its ONNX name and its evaluation.
+const OPS: &[(&str, OpFn)] = &[
+    ("Identity", |ctx| one(ctx.input(0)?.clone())),
+    ("Dropout", dropout),
+    ("Constant", constant),
+    ("ConstantOfShape", constant_of_shape),
+    ("Shape", shape),
+    ("Size", |ctx| {
+        one(Value::Int(IntTensor::scalar(
+            ctx.input(0)?.dims().iter().product::<usize>() as i64,
+        )))
+    }),
+    ("Cast", cast),
+    ("Gather", gather),
+    ("Unsqueeze", unsqueeze),
+    ("Squeeze", squeeze),
+    ("Concat", concat),
+    ("Slice", slice),
+    ("Reshape", reshape),
+    ("Flatten", flatten),
+    ("Transpose", transpose),
+    ("Add", binary),
+    ("Sub", binary),
+    ("Mul", binary),
+    ("Div", binary),
+    ("Sum", sum),
+    ("Relu", |ctx| f(ctx.float(0)?.relu()?)),
+    ("LeakyRelu", leaky_relu),
+    ("Sigmoid", |ctx| f(candle_nn::ops::sigmoid(&ctx.float(0)?)?)),
+    ("HardSigmoid", hard_sigmoid),
+    ("HardSwish", |ctx| {
+        let x = ctx.float(0)?;
+        f((&x * x.affine(1.0 / 6.0, 0.5)?.clamp(0f32, 1f32)?)?)
+    }),
+    ("Tanh", |ctx| f(ctx.float(0)?.tanh()?)),
+    ("Neg", |ctx| f(ctx.float(0)?.neg()?)),
+    ("Exp", |ctx| f(ctx.float(0)?.exp()?)),
+    ("Sqrt", |ctx| f(ctx.float(0)?.sqrt()?)),
+    ("Abs", |ctx| f(ctx.float(0)?.abs()?)),
+    ("Clip", clip),
+    ("Softmax", softmax),
+    ("Conv", conv),
+    ("BatchNormalization", batch_norm),
+    ("MaxPool", |ctx| pool(ctx, PoolKind::Max)),
+    ("AveragePool", |ctx| pool(ctx, PoolKind::Avg)),
+    ("GlobalAveragePool", |ctx| {
+        let x = ctx.float(0)?;
+        let dims: Vec<usize> = (2..x.rank()).collect();
+        f(x.mean_keepdim(dims)?)
+    }),
+    ("GlobalMaxPool", |ctx| {
+        let x = ctx.float(0)?;
+        let mut y = x.clone();
+        for d in 2..x.rank() {
+            y = y.max_keepdim(d)?;
+        }
+        f(y)
+    }),
+    ("ReduceMean", reduce_mean),
+    ("Gemm", gemm),
+    ("MatMul", matmul),
+    ("Pad", pad),
+];
+
+fn lookup(op_type: &str) -> Option<OpFn> {
+    OPS.iter()
+        .find(|(name, _)| *name == op_type)
+        .map(|(_, f)| *f)
+}
+
 /// Evaluate one node.
 pub fn eval(ctx: &Ctx) -> R<Vec<Value>> {
     let node = ctx.node;
     if !node.domain.is_empty() && node.domain != "ai.onnx" {
         return Err(OpError::Unsupported);
     }
-    match node.op_type.as_str() {
-        "Identity" => one(ctx.input(0)?.clone()),
-        "Dropout" => {
-            let x = ctx.input(0)?.clone();
-            if ctx.output_needed(1) {
-                // Inference: the mask keeps everything.
-                let dims = x.dims();
-                let n = dims.iter().product();
-                return Ok(vec![x, Value::Int(IntTensor::new(dims, vec![1; n]))]);
-            }
-            one(x)
-        }
-        "Constant" => constant(ctx),
-        "ConstantOfShape" => constant_of_shape(ctx),
-        "Shape" => shape(ctx),
-        "Size" => one(Value::Int(IntTensor::scalar(
-            ctx.input(0)?.dims().iter().product::<usize>() as i64,
-        ))),
-        "Cast" => cast(ctx),
-        "Gather" => gather(ctx),
-        "Unsqueeze" => unsqueeze(ctx),
-        "Squeeze" => squeeze(ctx),
-        "Concat" => concat(ctx),
-        "Slice" => slice(ctx),
-        "Reshape" => reshape(ctx),
-        "Flatten" => flatten(ctx),
-        "Transpose" => transpose(ctx),
-        "Add" | "Sub" | "Mul" | "Div" => binary(ctx),
-        "Sum" => {
-            let mut acc = ctx.float(0)?;
-            for i in 1..ctx.n_inputs() {
-                acc = acc.broadcast_add(&ctx.float(i)?)?;
-            }
-            f(acc)
-        }
-        "Relu" => f(ctx.float(0)?.relu()?),
-        "LeakyRelu" => {
-            let alpha = ctx.attr_f("alpha", 0.01) as f64;
-            let x = ctx.float(0)?;
-            f((x.relu()? + x.neg()?.relu()?.affine(-alpha, 0.0)?)?)
-        }
-        "Sigmoid" => f(candle_nn::ops::sigmoid(&ctx.float(0)?)?),
-        "HardSigmoid" => {
-            let (a, b) = (
-                ctx.attr_f("alpha", 0.2) as f64,
-                ctx.attr_f("beta", 0.5) as f64,
-            );
-            f(ctx.float(0)?.affine(a, b)?.clamp(0f32, 1f32)?)
-        }
-        "HardSwish" => {
-            let x = ctx.float(0)?;
-            f((&x * x.affine(1.0 / 6.0, 0.5)?.clamp(0f32, 1f32)?)?)
-        }
-        "Tanh" => f(ctx.float(0)?.tanh()?),
-        "Neg" => f(ctx.float(0)?.neg()?),
-        "Exp" => f(ctx.float(0)?.exp()?),
-        "Sqrt" => f(ctx.float(0)?.sqrt()?),
-        "Abs" => f(ctx.float(0)?.abs()?),
-        "Clip" => clip(ctx),
-        "Softmax" => softmax(ctx),
-        "Conv" => conv(ctx),
-        "BatchNormalization" => batch_norm(ctx),
-        "MaxPool" => pool(ctx, PoolKind::Max),
-        "AveragePool" => pool(ctx, PoolKind::Avg),
-        "GlobalAveragePool" => {
-            let x = ctx.float(0)?;
-            let dims: Vec<usize> = (2..x.rank()).collect();
-            f(x.mean_keepdim(dims)?)
-        }
-        "GlobalMaxPool" => {
-            let x = ctx.float(0)?;
-            let mut y = x.clone();
-            for d in 2..x.rank() {
-                y = y.max_keepdim(d)?;
-            }
-            f(y)
-        }
-        "ReduceMean" => reduce_mean(ctx),
-        "Gemm" => gemm(ctx),
-        "MatMul" => matmul(ctx),
-        "Pad" => pad(ctx),
-        _ => Err(OpError::Unsupported),
+    match lookup(&node.op_type) {
+        Some(op) => op(ctx),
+        None => Err(OpError::Unsupported),
     }
+}
+
+fn dropout(ctx: &Ctx) -> R<Vec<Value>> {
+    let x = ctx.input(0)?.clone();
+    if ctx.output_needed(1) {
+        // Inference: the mask keeps everything.
+        let dims = x.dims();
+        let n = dims.iter().product();
+        return Ok(vec![x, Value::Int(IntTensor::new(dims, vec![1; n]))]);
+    }
+    one(x)
+}
+
+fn sum(ctx: &Ctx) -> R<Vec<Value>> {
+    let mut acc = ctx.float(0)?;
+    for i in 1..ctx.n_inputs() {
+        acc = acc.broadcast_add(&ctx.float(i)?)?;
+    }
+    f(acc)
+}
+
+fn leaky_relu(ctx: &Ctx) -> R<Vec<Value>> {
+    let alpha = ctx.attr_f("alpha", 0.01) as f64;
+    let x = ctx.float(0)?;
+    f((x.relu()? + x.neg()?.relu()?.affine(-alpha, 0.0)?)?)
+}
+
+fn hard_sigmoid(ctx: &Ctx) -> R<Vec<Value>> {
+    let (a, b) = (
+        ctx.attr_f("alpha", 0.2) as f64,
+        ctx.attr_f("beta", 0.5) as f64,
+    );
+    f(ctx.float(0)?.affine(a, b)?.clamp(0f32, 1f32)?)
 }
 
 // ---------------------------------------------------------------- constants and shapes

@@ -3,7 +3,6 @@
 //! Inference runs on the bounded [`pool::WorkerPool`], never on the async
 //! threads.
 
-pub mod metrics;
 pub mod pool;
 pub mod v2;
 

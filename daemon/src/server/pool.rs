@@ -94,21 +94,26 @@ mod tests {
         let pool = WorkerPool::new(1, 1).unwrap();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let go_rx = Arc::new(Mutex::new(go_rx));
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let wait = std::time::Duration::from_secs(5);
         let mut accepted = Vec::new();
         let mut refused = 0;
-        for _ in 0..5 {
-            let g = go_rx.clone();
+        for k in 0..5 {
+            let (g, started) = (go_rx.clone(), started_tx.clone());
             match pool.submit(move || {
-                let _ = g
-                    .lock()
-                    .unwrap()
-                    .recv_timeout(std::time::Duration::from_secs(5));
+                let _ = started.send(());
+                let _ = g.lock().unwrap().recv_timeout(wait);
                 1
             }) {
                 Ok(rx) => accepted.push(rx),
                 Err(Busy) => refused += 1,
             }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            if k == 0 {
+                // The worker has taken the first job: the queue is empty again.
+                started_rx
+                    .recv_timeout(wait)
+                    .expect("the first job started");
+            }
         }
         // One running, one queued.
         assert_eq!(accepted.len(), 2);
@@ -119,7 +124,10 @@ mod tests {
         for rx in accepted {
             assert_eq!(rx.blocking_recv().unwrap(), 1);
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        assert_eq!(pool.in_flight(), 0);
+        let deadline = std::time::Instant::now() + wait;
+        while pool.in_flight() != 0 {
+            assert!(std::time::Instant::now() < deadline, "still in flight");
+            std::thread::yield_now();
+        }
     }
 }

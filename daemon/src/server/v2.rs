@@ -174,7 +174,7 @@ pub async fn repository_index(State(st): State<AppState>) -> Json<Value> {
             "name": a.name(),
             "version": a.version().to_string(),
             "state": "READY",
-            "reason": if search.state == "running" { "serving; a search for a new subnet is running" } else { "" },
+            "reason": if search.state == crate::status::SearchState::Running { "serving; a search for a new subnet is running" } else { "" },
         }])),
         None => Json(json!([])),
     }
@@ -605,10 +605,9 @@ pub async fn adaptation(
             .or_else(|| a.predicted_ms())
     });
     let budget = ad.budget_ms.or_else(|| {
-        r.map(|r| {
+        r.and_then(|r| {
             live.as_ref()
                 .map(|c| c.latency_budget.budget_ms(r.oracle_ms))
-                .unwrap_or(r.budget_ms)
         })
     });
     Ok(Json(json!({
@@ -619,21 +618,20 @@ pub async fn adaptation(
         "predicted_ms": predicted,
         "measured_ms": measured,
         "oracle_ms": r.map(|r| r.oracle_ms),
-        "front": r.map(|r| r.front.clone()).unwrap_or_default(),
+        "front": r.map(|r| r.front().to_vec()).unwrap_or_default(),
         "search": {
             "state": h.search.state,
             "bundle_sha256": h.search.bundle_sha256,
             "message": h.search.message,
-            "method": r.map(|r| r.method.clone()),
-            "elapsed_s": r.map(|r| r.elapsed_s),
-            "budget_ms": r.map(|r| r.budget_ms),
+            "method": r.map(|r| r.method().to_string()),
+            "elapsed_s": r.map(|r| r.search_seconds),
         },
         "bundle": active.as_ref().map(|a| json!({
             "name": a.name(),
             "version": a.version(),
             "sha256": a.bundle.sha256,
         })),
-        "since": active.as_ref().map(|a| crate::state::rfc3339(a.since)),
+        "since": active.as_ref().map(|a| crate::clock::rfc3339(a.since)),
         "rejected": h.rejected,
         "swaps": h.swaps,
         "environment": ad.environment,
@@ -660,6 +658,6 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
             .map(|a| (a.name(), a.version(), subnet.as_deref().unwrap_or(""))),
         st.pool.in_flight(),
     );
-    super::metrics::render_adaptation(&mut text, &st.shared.adapt.status());
+    crate::metrics::render_adaptation(&mut text, &st.shared.adapt.status());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -452,21 +452,30 @@ pub enum ManifestError {
     Invalid(String),
 }
 
+/// A file name that cannot stand inside a bundle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FileNameError {
+    #[error("an empty file name")]
+    Empty,
+    #[error("`{0}` is not a relative path with `/` separators")]
+    NotRelative(String),
+    #[error("`{0}` has an empty, `.` or `..` component")]
+    BadComponent(String),
+}
+
 /// Is `name` a safe relative file name inside a bundle (`calibration/x.npy`)?
-pub fn check_file_name(name: &str) -> Result<(), String> {
+pub fn check_file_name(name: &str) -> Result<(), FileNameError> {
     if name.is_empty() {
-        return Err("an empty file name".into());
+        return Err(FileNameError::Empty);
     }
     if name.starts_with('/') || name.contains('\\') || name.contains('\0') {
-        return Err(format!(
-            "`{name}` is not a relative path with `/` separators"
-        ));
+        return Err(FileNameError::NotRelative(name.to_string()));
     }
     if name
         .split('/')
         .any(|c| c.is_empty() || c == "." || c == "..")
     {
-        return Err(format!("`{name}` has an empty, `.` or `..` component"));
+        return Err(FileNameError::BadComponent(name.to_string()));
     }
     Ok(())
 }
@@ -492,6 +501,12 @@ impl Manifest {
         self.validate()?;
         yaml_serde::to_string(self)
             .map_err(|e| ManifestError::Invalid(format!("cannot serialise the manifest: {e}")))
+    }
+
+    /// The shape of one input item (the input shape without the batch);
+    /// `None` when a dim after the batch is not fixed.
+    pub fn item_shape(&self) -> Option<Vec<usize>> {
+        self.input.shape.iter().skip(1).map(|d| d.fixed()).collect()
     }
 
     /// Number of blocks N (cuts are c_0..c_N).

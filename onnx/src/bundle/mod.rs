@@ -27,7 +27,7 @@ pub use manifest::{
     InputSpec, Manifest, ManifestError, ModelInfo, OutputSpec, Preprocess, SubnetId,
     CALIBRATION_DIR, FORMAT_VERSION, MANIFEST_FILE, SIGNATURE_FILE, SUPERNET_FILE,
 };
-pub use signature::{read_public_key, PublicKey, SignatureError};
+pub use signature::{read_public_key, KeyError, PublicKey, SignatureError};
 
 /// What is wrong with a bundle (the [`BundleError`] adds the path).
 #[derive(Debug, thiserror::Error)]
@@ -109,9 +109,12 @@ impl From<BundleError> for crate::Error {
 
 pub type Result<T> = std::result::Result<T, BundleError>;
 
+/// Why a [`Signer`] could not sign (the signer's own error, kept whole).
+pub type SignError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Signs `manifest.yaml` bytes, returning the text of `manifest.sig` (a
 /// minisign signature) or why it could not.
-pub type Signer<'a> = &'a dyn Fn(&[u8]) -> std::result::Result<Vec<u8>, String>;
+pub type Signer<'a> = &'a dyn Fn(&[u8]) -> std::result::Result<Vec<u8>, SignError>;
 
 /// How the signature of an opened bundle was treated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -329,7 +332,13 @@ fn write_archive(
     );
     let bytes =
         archive::tar_bytes(entries).map_err(|e| BundleError::new(out, BundleProblem::Io(e)))?;
-    archive::write_atomically(out, &bytes).map_err(|e| BundleError::new(out, BundleProblem::Io(e)))
+    crate::fsutil::write_atomically(out, &bytes).map_err(|e| {
+        let io = match e {
+            crate::Error::Io { source, .. } => source,
+            other => std::io::Error::other(other.to_string()),
+        };
+        BundleError::new(out, BundleProblem::Io(io))
+    })
 }
 
 /// Builds a bundle: fills in the checksums, serialises the manifest, has the
@@ -359,7 +368,7 @@ impl BundleWriter {
             name: name.to_string(),
             problem,
         };
-        manifest::check_file_name(name).map_err(bad)?;
+        manifest::check_file_name(name).map_err(|e| bad(e.to_string()))?;
         if name == MANIFEST_FILE || name == SIGNATURE_FILE {
             return Err(bad("the writer makes this file itself".into()));
         }

@@ -5,16 +5,46 @@ use std::path::Path;
 
 pub use minisign_verify::{PublicKey, Signature};
 
+/// Why a public key file or text could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The key file could not be read.
+    #[error("{}: cannot read the public key: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The text is not a usable minisign public key.
+    #[error("{}{problem}", path.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default())]
+    Format {
+        path: Option<std::path::PathBuf>,
+        problem: String,
+    },
+}
+
 /// Read a minisign public key file (`NAME.pub`: an untrusted comment line and
 /// a base64 line, as written by `minisign -G` or `adaptivenet keygen`).
-pub fn read_public_key(path: &Path) -> Result<PublicKey, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read the public key: {e}", path.display()))?;
-    parse_public_key(&text).map_err(|e| format!("{}: {e}", path.display()))
+pub fn read_public_key(path: &Path) -> Result<PublicKey, KeyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_public_key(&text).map_err(|e| match e {
+        KeyError::Format { problem, .. } => KeyError::Format {
+            path: Some(path.to_path_buf()),
+            problem,
+        },
+        other => other,
+    })
 }
 
 /// Parse the text of a minisign public key file, or a bare base64 key.
-pub fn parse_public_key(text: &str) -> Result<PublicKey, String> {
+pub fn parse_public_key(text: &str) -> Result<PublicKey, KeyError> {
+    let bad = |problem: String| KeyError::Format {
+        path: None,
+        problem,
+    };
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
@@ -24,15 +54,16 @@ pub fn parse_public_key(text: &str) -> Result<PublicKey, String> {
         [comment, key] if comment.starts_with("untrusted comment:") => *key,
         [key] => *key,
         _ => {
-            return Err(
+            return Err(bad(
                 "not a minisign public key file (expected an `untrusted comment:` line and a base64 key line)".into()
-            )
+            ))
         }
     };
     if key_line.len() > 100 {
-        return Err("this is a minisign secret key, not a public key".into());
+        return Err(bad("this is a minisign secret key, not a public key".into()));
     }
-    PublicKey::from_base64(key_line).map_err(|e| format!("not a valid minisign public key: {e}"))
+    PublicKey::from_base64(key_line)
+        .map_err(|e| bad(format!("not a valid minisign public key: {e}")))
 }
 
 /// Why a signature was not accepted.

@@ -38,7 +38,7 @@ fn demo_pub() -> PublicKey {
     read_public_key(&repo().join("tests/fixtures/keys/demo.pub")).expect("demo.pub")
 }
 
-fn sign_with(sk: &minisign::SecretKey, data: &[u8]) -> std::result::Result<Vec<u8>, String> {
+fn sign_with(sk: &minisign::SecretKey, data: &[u8]) -> std::result::Result<Vec<u8>, SignError> {
     minisign::sign(
         None,
         sk,
@@ -47,10 +47,10 @@ fn sign_with(sk: &minisign::SecretKey, data: &[u8]) -> std::result::Result<Vec<u
         None,
     )
     .map(|b| b.into_string().into_bytes())
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string().into())
 }
 
-fn demo_sign(data: &[u8]) -> std::result::Result<Vec<u8>, String> {
+fn demo_sign(data: &[u8]) -> std::result::Result<Vec<u8>, SignError> {
     sign_with(&demo_key(), data)
 }
 
@@ -466,15 +466,19 @@ fn public_key_files_are_checked() {
     let dir = TempDir::new("keys");
     let p = dir.0.join("k.pub");
     std::fs::write(&p, "hello\n").unwrap();
-    let e = read_public_key(&p).unwrap_err();
+    let e = read_public_key(&p).unwrap_err().to_string();
     assert!(
         e.contains("k.pub") && e.contains("not a valid minisign public key"),
         "{e}"
     );
     let secret = std::fs::read_to_string(repo().join("tests/fixtures/keys/demo.key")).unwrap();
     std::fs::write(&p, secret).unwrap();
-    assert!(read_public_key(&p).unwrap_err().contains("secret key"));
+    assert!(read_public_key(&p)
+        .unwrap_err()
+        .to_string()
+        .contains("secret key"));
     assert!(read_public_key(&dir.0.join("absent.pub"))
         .unwrap_err()
+        .to_string()
         .contains("cannot read"));
 }

@@ -7,16 +7,12 @@
 use std::process::Command;
 use std::time::Instant;
 
+use adaptivenet_onnx::measure::median;
 use adaptivenet_onnx::npy::read_npy;
 use adaptivenet_onnx::tract_onnx::prelude::*;
 use adaptivenet_onnx::Oracle;
-use adaptivenet_tests::{fixtures, oracle_path};
+use adaptivenet_testkit::fixtures::{fixtures, oracle_path};
 use anyhow::{Context, Result};
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 fn main() -> Result<()> {
     let runs: usize = std::env::args()
