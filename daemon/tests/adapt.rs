@@ -258,7 +258,7 @@ impl Load {
                                 Ok(()) => {
                                     ok.fetch_add(1, Ordering::Relaxed);
                                 }
-                                Err(e) => failures.push(e),
+                                Err(e) => failures.push(e.to_string()),
                             },
                             Ok(r) => failures.push(format!("{} {}", r.status, r.text())),
                             Err(e) => failures.push(e.to_string()),
@@ -282,17 +282,19 @@ impl Load {
     }
 }
 
-fn well_formed(r: &Response) -> Result<(), String> {
+fn well_formed(r: &Response) -> anyhow::Result<()> {
     let v = r.json()?;
     let o = &v["outputs"][0];
-    let data = o["data"].as_array().ok_or("no data")?;
+    let data = o["data"]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("no data"))?;
     if v["model_name"] != "fmnist-resnet"
         || o["name"] != "logits"
         || o["shape"] != serde_json::json!([1, 10])
         || data.len() != 10
         || !data.iter().all(|x| x.as_f64().is_some_and(f64::is_finite))
     {
-        return Err(format!("malformed answer: {}", r.text()));
+        anyhow::bail!("malformed answer: {}", r.text());
     }
     Ok(())
 }

@@ -9,8 +9,6 @@
 //! the test (through files in a control folder) to stop or start the daemon
 //! and waits for the answer, so every daemon stays a child of the test.
 
-mod common;
-
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -18,7 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{corrupt_bundle, demo_pub, repo, signed_bundle, TempDir};
+use adaptivenet_testkit::prelude::{
+    corrupt_bundle, demo_pub, infer_body, repo, signed_bundle, TempDir,
+};
 
 /// How long the module may wait for the daemon (its ADAPTIVENET_TIMEOUT).
 const MODULE_TIMEOUT_S: u64 = 120;
@@ -75,7 +75,7 @@ impl Board {
     }
 
     /// Start the daemon and wait until it listens (bounded).
-    fn start(&self) -> Result<(), String> {
+    fn start(&self) -> anyhow::Result<()> {
         start_daemon(
             &self.root,
             &self.config,
@@ -85,8 +85,8 @@ impl Board {
         )
     }
 
-    fn client(&self) -> adaptivenet_daemon::client::Client {
-        adaptivenet_daemon::client::Client::new(self.addr).with_timeout(Duration::from_secs(30))
+    fn client(&self) -> adaptivenet_testkit::Client {
+        adaptivenet_testkit::Client::new(self.addr).with_timeout(Duration::from_secs(30))
     }
 
     fn adaptation(&self) -> serde_json::Value {
@@ -137,7 +137,7 @@ impl Board {
 
     /// An infer request answered by the served model.
     fn infer_ok(&self) {
-        let body = common::infer_body("FP32", &[1, 1, 28, 28], &vec![0.1; 784]);
+        let body = infer_body("FP32", &[1, 1, 28, 28], &vec![0.1; 784]);
         let r = self
             .client()
             .post("/v2/models/fmnist-resnet/infer", &body)
@@ -161,10 +161,10 @@ fn start_daemon(
     addr: SocketAddr,
     slot: &Mutex<Option<Child>>,
     starts: &Mutex<u32>,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
     if slot.is_some() {
-        return Err("already running".into());
+        anyhow::bail!("already running");
     }
     let n = {
         let mut s = starts.lock().unwrap_or_else(|p| p.into_inner());
@@ -172,8 +172,8 @@ fn start_daemon(
         *s
     };
     let log = root.join(format!("adaptived-{n}.log"));
-    let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_adaptived"))
+    let log_file = std::fs::File::create(&log)?;
+    let mut child = Command::new(adaptivenet_testkit::adaptived_bin())
         .arg("--config")
         .arg(config)
         .env("RUST_LOG", "info")
@@ -181,7 +181,7 @@ fn start_daemon(
         .stdout(Stdio::null())
         .stderr(log_file)
         .spawn()
-        .map_err(|e| format!("spawn adaptived: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("spawn adaptived: {e}"))?;
     let deadline = Instant::now() + WAIT;
     let want = format!("listening on http://{addr}");
     loop {
@@ -191,19 +191,19 @@ fn start_daemon(
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("adaptived exited with {status}; log:\n{text}"));
+            anyhow::bail!("adaptived exited with {status}; log:\n{text}");
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("adaptived did not listen on {addr}; log:\n{text}"));
+            anyhow::bail!("adaptived did not listen on {addr}; log:\n{text}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// Stop the daemon as systemd would: SIGTERM, then wait (SIGKILL after 30 s).
-fn stop_daemon(slot: &Mutex<Option<Child>>) -> Result<(), String> {
+fn stop_daemon(slot: &Mutex<Option<Child>>) -> anyhow::Result<()> {
     let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
     let Some(mut child) = slot.take() else {
         return Ok(()); // stopping a stopped service succeeds
@@ -273,12 +273,12 @@ impl ServiceManager {
                     let result = match what.as_str() {
                         "stop" => stop_daemon(&slot),
                         "start" => start_daemon(&root, &config, addr, &slot, &starts),
-                        other => Err(format!("unknown request `{other}`")),
+                        other => Err(anyhow::anyhow!("unknown request `{other}`")),
                     };
                     handled.lock().unwrap_or_else(|p| p.into_inner()).push(what);
                     let answer = match result {
                         Ok(()) => "ok".to_string(),
-                        Err(e) => e,
+                        Err(e) => format!("{e:#}"),
                     };
                     let tmp = ctl.join("ack.tmp");
                     if std::fs::write(&tmp, answer).is_ok() {

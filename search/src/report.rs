@@ -1,11 +1,8 @@
-//! Output of a search: a text table, the JSON report and an SVG chart.
+//! Output of a search: a text table, the JSON report and (feature `chart`)
+//! an SVG chart.
 
-use std::path::Path;
-
-use crate::error::{invalid, Result, SearchError};
 use serde::Serialize;
 
-use crate::front::FrontPoint;
 use crate::pipeline::{Chosen, Searched};
 
 /// `oracle` in the JSON.
@@ -194,15 +191,16 @@ pub fn report_json(
 #[cfg(feature = "chart")]
 #[allow(clippy::too_many_arguments)]
 pub fn write_svg(
-    path: &Path,
-    points: &[FrontPoint],
-    front: &[FrontPoint],
+    path: &std::path::Path,
+    points: &[crate::FrontPoint],
+    front: &[crate::FrontPoint],
     oracle: (f64, f64),
     chosen: (f64, f64),
     budget_ms: f64,
     full_images: u64,
     title: &str,
-) -> Result<()> {
+) -> crate::Result<()> {
+    use crate::error::{invalid, SearchError};
     use plotters::prelude::*;
     let xs = points
         .iter()

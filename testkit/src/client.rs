@@ -17,11 +17,34 @@ impl Response {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
-    pub fn json(&self) -> Result<serde_json::Value, String> {
-        serde_json::from_slice(&self.body)
-            .map_err(|e| format!("status {}: not JSON ({e}): {}", self.status, self.text()))
+    pub fn json(&self) -> Result<serde_json::Value, NotJson> {
+        serde_json::from_slice(&self.body).map_err(|e| NotJson {
+            status: self.status,
+            problem: e.to_string(),
+            body: self.text(),
+        })
     }
 }
+
+/// A response whose body is not JSON.
+#[derive(Debug, Clone)]
+pub struct NotJson {
+    pub status: u16,
+    pub problem: String,
+    pub body: String,
+}
+
+impl std::fmt::Display for NotJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "status {}: not JSON ({}): {}",
+            self.status, self.problem, self.body
+        )
+    }
+}
+
+impl std::error::Error for NotJson {}
 
 /// One connection to a server.
 pub struct Client {

@@ -130,8 +130,18 @@ fn inc_crates(inc: &str) -> (BTreeSet<String>, BTreeMap<String, String>) {
     (uris, sums)
 }
 
+/// A stale `adaptived-crates.inc`: what differs from Cargo.lock.
+#[derive(Debug)]
+struct Stale(String);
+
+impl std::fmt::Display for Stale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Compare a committed .inc with Cargo.lock; the error names what differs.
-fn check_crates_inc(committed: &str, lock: &str) -> Result<(), String> {
+fn check_crates_inc(committed: &str, lock: &str) -> Result<(), Stale> {
     let want = generate_crates_inc(lock);
     if committed == want {
         return Ok(());
@@ -166,10 +176,10 @@ fn check_crates_inc(committed: &str, lock: &str) -> Result<(), String> {
             "the text differs from the generated one at line {line}"
         ));
     }
-    Err(format!(
+    Err(Stale(format!(
         "adaptived-crates.inc is stale ({}); regenerate it: yocto/scripts/update-crates-inc.py",
         problems.join("; ")
-    ))
+    )))
 }
 
 fn committed_inc_path() -> PathBuf {
@@ -276,7 +286,9 @@ fn a_stale_crates_inc_is_detected_and_named() {
     // A checksum changed.
     let a_sum = a.checksum.clone().expect("checksum");
     let changed = fresh.replace(&a_sum, &"0".repeat(64));
-    let e = check_crates_inc(&changed, &lock).expect_err("a changed checksum");
+    let e = check_crates_inc(&changed, &lock)
+        .expect_err("a changed checksum")
+        .0;
     assert!(e.contains(&format!("checksum of {a_key}")), "{e}");
     // A crate missing (both its URI and its checksum line).
     let missing: String = fresh
@@ -287,7 +299,9 @@ fn a_stale_crates_inc_is_detected_and_named() {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    let e = check_crates_inc(&missing, &lock).expect_err("a missing crate");
+    let e = check_crates_inc(&missing, &lock)
+        .expect_err("a missing crate")
+        .0;
     assert!(e.contains(&format!("missing crate {b_key}")), "{e}");
     // A crate no longer in Cargo.lock (the lock moved on, the .inc did not).
     let extra = fresh.replacen(
@@ -295,7 +309,9 @@ fn a_stale_crates_inc_is_detected_and_named() {
         "SRC_URI += \" \\\n    crate://crates.io/left-pad/0.0.1 \\\n",
         1,
     );
-    let e = check_crates_inc(&extra, &lock).expect_err("an extra crate");
+    let e = check_crates_inc(&extra, &lock)
+        .expect_err("an extra crate")
+        .0;
     assert!(
         e.contains("crate left-pad-0.0.1 is not in Cargo.lock"),
         "{e}"
@@ -305,7 +321,9 @@ fn a_stale_crates_inc_is_detected_and_named() {
         "{lock}\n[[package]]\nname = \"zzz-new\"\nversion = \"1.0.0\"\nsource = \"registry+https://github.com/rust-lang/crates.io-index\"\nchecksum = \"{}\"\n",
         "a".repeat(64)
     );
-    let e = check_crates_inc(&fresh, &grown).expect_err("a grown Cargo.lock");
+    let e = check_crates_inc(&fresh, &grown)
+        .expect_err("a grown Cargo.lock")
+        .0;
     assert!(e.contains("missing crate zzz-new-1.0.0"), "{e}");
     println!(
         "stale copies detected: changed checksum, missing crate, extra crate, grown Cargo.lock"
