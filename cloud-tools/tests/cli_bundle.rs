@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use adaptivenet_onnx::bundle::{
-    self, Branch, BranchId, BranchKind, Bundle, BundleWriter, CreatedBy, Manifest,
-    ModelDescription, Preprocess, SUPERNET_FILE,
+    self, Branch, BranchId, BranchKind, Bundle, BundleWriter, CreatedBy, Manifest, SUPERNET_FILE,
 };
 use adaptivenet_onnx::Oracle;
 
@@ -169,30 +168,7 @@ fn with_stand_in_branches(onnx: &[u8], m: &mut Manifest) -> Vec<u8> {
 fn make_bundle(path: &Path) {
     let src = oracle_path();
     let oracle = Oracle::load(&src, None).expect("oracle");
-    let desc = ModelDescription {
-        name: "fmnist-resnet".into(),
-        version: 3,
-        compatible: "generic-cpu".into(),
-        preprocess: Preprocess {
-            mean: vec![0.286],
-            std: vec![0.353],
-        },
-        labels: [
-            "T-shirt/top",
-            "Trouser",
-            "Pullover",
-            "Dress",
-            "Coat",
-            "Sandal",
-            "Shirt",
-            "Sneaker",
-            "Bag",
-            "Ankle boot",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
-    };
+    let desc = adaptivenet_testkit::bundles::fmnist_description("fmnist-resnet", 3);
     let mut m = bundle::oracle_manifest(&oracle, &desc).expect("manifest");
     m.created_by = Some(CreatedBy {
         tool: "cli_bundle test".into(),

@@ -278,3 +278,81 @@ pub fn prune(state_dir: &Path, keep: &[&str]) -> usize {
     }
     removed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(s: &str, ms: f64, acc: f64) -> FrontPoint {
+        FrontPoint {
+            subnet: s.parse().unwrap(),
+            predicted_ms: ms,
+            accuracy: acc,
+            images: 100,
+        }
+    }
+
+    fn result() -> SearchResult {
+        let front = vec![
+            point("m0x3 m3x3 m6x3", 1.0, 0.80),
+            point("b0 b1 b2 m3x3 m6x3", 2.0, 0.86),
+            point("b0 b1 b2 b3 b4 b5 b6 b7 b8", 3.0, 0.93),
+        ];
+        SearchResult::of_front("ab12", "cpu x2 threads-2", front, 3.0, "test")
+    }
+
+    #[test]
+    fn the_choice_prefers_points_whose_measurement_also_fits() {
+        let mut r = result();
+        assert_eq!(r.choice(2.5).unwrap().point.predicted_ms, 2.0);
+        // measured over the budget: the next most accurate point that fits
+        r.measured.insert("b0 b1 b2 m3x3 m6x3".into(), 2.7);
+        let c = r.choice(2.5).unwrap();
+        assert_eq!(c.point.predicted_ms, 1.0);
+        assert!(!c.over_budget);
+        // below the fastest: the fastest, flagged
+        assert!(r.choice(0.5).unwrap().over_budget);
+    }
+
+    #[test]
+    fn stored_results_round_trip_and_misses_say_why() {
+        let dir = std::env::temp_dir().join(format!("search-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let r = result();
+        let path = cache_path(&dir, &r.bundle_sha256, &r.fingerprint);
+        let key = CacheKey {
+            bundle_sha256: "ab12",
+            fingerprint: "cpu x2 threads-2",
+            data: None,
+            space: None,
+            params: None,
+        };
+        assert!(matches!(load(&path, &key), Err(CacheMiss::Absent { .. })));
+        store(&path, &r).unwrap();
+        assert_eq!(load(&path, &key).unwrap(), r);
+        let other_device = CacheKey {
+            fingerprint: "cpu x4 threads-4",
+            ..key
+        };
+        let e = load(&path, &other_device).unwrap_err();
+        assert!(e.to_string().contains("another device"), "{e}");
+        let other_data = CacheKey {
+            data: Some("10x0000"),
+            ..key
+        };
+        assert!(load(&path, &other_data)
+            .unwrap_err()
+            .to_string()
+            .contains("search data set"));
+        std::fs::write(&path, b"{ not json").unwrap();
+        assert!(matches!(
+            load(&path, &key),
+            Err(CacheMiss::Unreadable { .. })
+        ));
+        store(&path, &r).unwrap();
+        assert_eq!(prune(&dir, &["ab12"]), 0);
+        assert_eq!(prune(&dir, &["ffff"]), 1);
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

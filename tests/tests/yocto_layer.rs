@@ -345,6 +345,7 @@ fn a_stale_crates_inc_is_detected_and_named() {
 ///   core-image.bbclass (IMAGE_*);
 /// - the Yocto Project Reference Manual, "Variables Glossary", and the
 ///   BitBake User Manual (layer.conf variables).
+///
 /// UNPACKDIR exists from styhead on (the recipes fall back to WORKDIR).
 const OE_VARIABLES: &[&str] = &[
     // recipe metadata
@@ -806,7 +807,7 @@ fn check_recipe_in(
                                 "{file}: installs ${{S}}/{rel}, which is not in the repository"
                             ));
                         }
-                    } else if !file_uris.iter().any(|u| *u == rel) {
+                    } else if !file_uris.contains(&rel) {
                         problems.push(format!(
                             "{file}: installs {prefix}{rel}, which no SRC_URI file:// entry provides"
                         ));
