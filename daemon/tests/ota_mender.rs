@@ -793,3 +793,160 @@ fn the_mender_client_installs_commits_and_rolls_back_through_the_module() {
     assert_eq!(sm.handled(), vec!["stop", "start"]);
     board.infer_ok();
 }
+
+/// SWUpdate (Debian's swupdate 2022.12, built with Lua handlers and for
+/// CMS-signed images) installing `.swu` images through
+/// ota/swupdate/swupdate_handlers.lua, which calls adaptivenet-install.
+/// Needs swupdate, cpio and openssl; otherwise prints why and returns.
+#[test]
+fn swupdate_installs_through_the_lua_handler_and_fails_on_a_tampered_bundle() {
+    let have = |cmd: &str, arg: &str| {
+        Command::new(cmd)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    };
+    let tools = [
+        ("swupdate", have("swupdate", "-h")),
+        ("cpio", have("cpio", "--version")),
+        ("openssl", have("openssl", "version")),
+    ];
+    if tools.iter().any(|(_, ok)| !ok) {
+        println!("NOT RUN: needs swupdate, cpio and openssl: {tools:?}");
+        return;
+    }
+    let tmp = TempDir::new("swupdate");
+    let (board, _, conf) = board_serving_v1(&tmp, false);
+    // A signing certificate for sw-description (SWUpdate checks a CMS
+    // signature against it).
+    let key = tmp.path().join("swu.key");
+    let cert = tmp.path().join("swu.crt");
+    sh(Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&key)
+        .arg("2048"));
+    sh(Command::new("openssl")
+        .args(["req", "-x509", "-new", "-key"])
+        .arg(&key)
+        .args([
+            "-subj",
+            "/CN=adaptivenet-test",
+            "-days",
+            "2",
+            "-addext",
+            "extendedKeyUsage=emailProtection,codeSigning",
+            "-out",
+        ])
+        .arg(&cert));
+    let example = read_to(&repo().join("ota/swupdate/sw-description.example"));
+    let swu = |version: u64, bytes: Vec<u8>| -> PathBuf {
+        let dir = tmp.path().join(format!("swu-v{version}"));
+        std::fs::create_dir_all(&dir).expect("swu dir");
+        let bundle = dir.join("fmnist-resnet.bundle");
+        std::fs::write(&bundle, &bytes).expect("bundle");
+        let sha = sh(Command::new("sha256sum").arg(&bundle));
+        let sha = String::from_utf8_lossy(&sha.stdout)
+            .split_whitespace()
+            .next()
+            .expect("sha256")
+            .to_string();
+        let desc = example
+            .replace("$swupdate_get_sha256(fmnist-resnet.bundle)", &sha)
+            .replace("version = \"2\"", &format!("version = \"{version}\""));
+        std::fs::write(dir.join("sw-description"), desc).expect("sw-description");
+        sh(Command::new("openssl")
+            .args([
+                "cms",
+                "-sign",
+                "-in",
+                "sw-description",
+                "-out",
+                "sw-description.sig",
+            ])
+            .arg("-signer")
+            .arg(&cert)
+            .arg("-inkey")
+            .arg(&key)
+            .args(["-outform", "DER", "-nosmimecap", "-binary"])
+            .current_dir(&dir));
+        let out = dir.join(format!("v{version}.swu"));
+        let file = std::fs::File::create(&out).expect("swu file");
+        let mut cpio = Command::new("cpio")
+            .args(["-o", "-H", "crc"])
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(file)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cpio");
+        {
+            use std::io::Write;
+            let mut stdin = cpio.stdin.take().expect("cpio stdin");
+            stdin
+                .write_all(b"sw-description\nsw-description.sig\nfmnist-resnet.bundle\n")
+                .expect("cpio list");
+        }
+        assert!(cpio.wait().expect("cpio").success());
+        out
+    };
+    let run = |image: &Path| -> Output {
+        let t = Instant::now();
+        let out = Command::new("swupdate")
+            .args(["-v", "-H", "qemuarm64:1.0", "-k"])
+            .arg(&cert)
+            .arg("-i")
+            .arg(image)
+            .env(
+                "LUA_PATH",
+                format!("{}/?.lua;;", repo().join("ota/swupdate").display()),
+            )
+            .env(
+                "ADAPTIVENET_INSTALL",
+                repo().join("ota/adaptivenet-install"),
+            )
+            .env("ADAPTIVENET_CONFIG", &board.config)
+            .env("ADAPTIVENET_MENDER_CONF", &conf)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run swupdate");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.contains("adaptivenet")
+                    || l.contains("Lua handler")
+                    || l.contains("SWUPDATE successful")
+                    || l.contains("failed")
+            })
+            .collect();
+        println!(
+            "swupdate -i {}: exit {:?} in {:.1} s\n  {}",
+            image.display(),
+            out.status.code(),
+            t.elapsed().as_secs_f64(),
+            lines.join("\n  ")
+        );
+        out
+    };
+    let good = run(&swu(2, signed_bundle(2)));
+    let text = String::from_utf8_lossy(&good.stdout).to_string();
+    assert!(good.status.success(), "{text}");
+    assert!(text.contains("[Lua handler] returned: 0"), "{text}");
+    assert_eq!(board.served_version(), Some(2));
+    let bad = run(&swu(3, corrupt_bundle(3)));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&bad.stdout),
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert!(!bad.status.success(), "{text}");
+    assert!(text.contains("adaptived rejected the bundle: "), "{text}");
+    assert_eq!(board.served_version(), Some(2), "v2 keeps serving");
+    board.infer_ok();
+}

@@ -8,7 +8,8 @@
 -- keeps serving). Its stderr (the daemon's reason) goes to SWUpdate's log.
 require("swupdate")
 
-local INSTALL = "/usr/libexec/adaptivenet/adaptivenet-install"
+-- ADAPTIVENET_INSTALL in SWUpdate's environment overrides the path.
+local INSTALL = os.getenv("ADAPTIVENET_INSTALL") or "/usr/libexec/adaptivenet/adaptivenet-install"
 
 local function adaptivenet_handler(image)
     local tmp = os.tmpname()

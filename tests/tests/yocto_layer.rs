@@ -1018,6 +1018,17 @@ fn the_adaptived_recipe_agrees_with_the_workspace() {
             "the unit's StateDirectory"
         );
     }
+    // The OTA scripts adaptived-ota installs are executable in the tree
+    // (git keeps the mode; bitbake installs them with -m 0755 anyway).
+    for f in ["ota/mender/adaptivenet-bundle", "ota/adaptivenet-install"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(repo().join(f))
+            .unwrap_or_else(|e| panic!("{f}: {e}"))
+            .permissions()
+            .mode();
+        assert!(mode & 0o111 != 0, "{f} is not executable ({mode:o})");
+        assert!(install.contains(&format!("${{S}}/{f} ")), "{f} installed");
+    }
     // The layer: both release series.
     let conf = parse_recipe(&read(&layer().join("conf/layer.conf")));
     let compat = conf.value("LAYERSERIES_COMPAT_adaptivenet");
