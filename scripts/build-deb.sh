@@ -9,7 +9,8 @@
 # armhf: armv7-unknown-linux-musleabihf, or armv7-unknown-linux-gnueabihf
 #        static (crt-static) when rustup has no musleabihf std.
 # Packages land in $CARGO_TARGET_DIR/debian/ (or .../TARGET/debian/) and their
-# paths are printed, one a line, on stdout's last lines.
+# paths are printed, one a line, on stdout's last lines. SKIP_BUILD=1 packages
+# the binaries as they are.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE="${PROFILE:-board}"
@@ -30,10 +31,10 @@ for a in "${arches[@]}"; do
     *) echo "build-deb: unknown arch $a" >&2; exit 2 ;;
   esac
   if [ "$t" = x86_64-unknown-linux-gnu ]; then
-    nice -n 10 cargo build --locked --profile "$PROFILE" -p adaptivenet-daemon --bin adaptived
+    [ "${SKIP_BUILD:-0}" = 1 ] || nice -n 10 cargo build --locked --profile "$PROFILE" -p adaptivenet-daemon --bin adaptived
     deb=$(cargo deb --no-build --strip --profile "$PROFILE" -p adaptivenet-daemon | tail -1)
   else
-    scripts/cross-build.sh "$t" >&2
+    [ "${SKIP_BUILD:-0}" = 1 ] || scripts/cross-build.sh "$t" >&2
     deb=$(cargo deb --no-build --strip --profile "$PROFILE" --target "$t" -p adaptivenet-daemon | tail -1)
   fi
   out+=("$deb")
