@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Cross-builds `adaptived` for boards, installing what it needs on a fresh
+# Debian machine (as root, or with sudo): Debian's cross gcc (linker and C
+# compiler for tract's assembly kernels), qemu-user (for the tests under
+# emulation), `file`, and the rustup targets. Safe to run again.
+#
+#   scripts/cross-build.sh [TARGET...]
+#
+# Default targets:
+#   aarch64-unknown-linux-musl      static: Jetson (any JetPack), Raspberry Pi OS 64-bit
+#   aarch64-unknown-linux-gnu       dynamic glibc (needs the glibc of Debian 12 or newer)
+#   armv7-unknown-linux-musleabihf  static: Raspberry Pi OS 32-bit
+# When rustup cannot provide armv7-unknown-linux-musleabihf (its rust-std
+# download fails), armv7-unknown-linux-gnueabihf is built instead, linked
+# statically against glibc (crt-static, .cargo/config.toml): also a static
+# binary for Raspberry Pi OS 32-bit.
+#
+# Profile: PROFILE (default `board`, Cargo.toml). Output: the stripped
+# binaries to install, $CARGO_TARGET_DIR/boards/adaptived-TARGET (cargo's own
+# $CARGO_TARGET_DIR/TARGET/PROFILE/adaptived keeps its symbols for `cargo
+# bloat`); CARGO_TARGET_DIR defaults to /var/cache/adaptivenet/target-cross.
+# Linkers and runners: .cargo/config.toml.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PROFILE="${PROFILE:-board}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/adaptivenet/target-cross}"
+mkdir -p "$CARGO_TARGET_DIR"
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(aarch64-unknown-linux-musl aarch64-unknown-linux-gnu armv7-unknown-linux-musleabihf)
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+export DEBIAN_FRONTEND=noninteractive
+need_apt=()
+command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+command -v arm-linux-gnueabihf-gcc >/dev/null || need_apt+=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross)
+command -v qemu-aarch64 >/dev/null || need_apt+=(qemu-user)
+command -v file >/dev/null || need_apt+=(file)
+command -v curl >/dev/null || need_apt+=(curl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+installed=$(rustup target list --installed)
+built=()
+for t in "${targets[@]}"; do
+  if ! grep -qx "$t" <<<"$installed" && ! rustup target add "$t" >/dev/null 2>&1; then
+    if [ "$t" = armv7-unknown-linux-musleabihf ]; then
+      echo "cross-build: rustup has no rust-std for $t here; building armv7-unknown-linux-gnueabihf with a static glibc instead" >&2
+      t=armv7-unknown-linux-gnueabihf
+      grep -qx "$t" <<<"$installed" || rustup target add "$t"
+    else
+      echo "cross-build: rustup target add $t failed" >&2; exit 1
+    fi
+  fi
+  t0=$(date +%s)
+  nice -n 10 cargo build --locked --profile "$PROFILE" --target "$t" -p adaptivenet-daemon --bin adaptived
+  echo "cross-build: $t built in $(( $(date +%s) - t0 )) s"
+  built+=("$t")
+done
+echo
+mkdir -p "$CARGO_TARGET_DIR/boards"
+for t in "${built[@]}"; do
+  case "$t" in
+    aarch64-*) strip=aarch64-linux-gnu-strip ;;
+    armv7-*) strip=arm-linux-gnueabihf-strip ;;
+    *) strip=strip ;;
+  esac
+  b="$CARGO_TARGET_DIR/$t/$PROFILE/adaptived"
+  s="$CARGO_TARGET_DIR/boards/adaptived-$t"
+  "$strip" -o "$s" "$b"
+  printf '%-32s %6.2f MB stripped (%.2f MB with symbols)  %s\n' "$t" \
+    "$(echo "$(stat -c %s "$s")/1048576" | bc -l)" "$(echo "$(stat -c %s "$b")/1048576" | bc -l)" "$s"
+  echo "    $(file -b "$s")"
+done

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Compares build profiles for boards on x86: size of the stripped `adaptived`,
+# build time, and tract latency from bench-blocks (tract whole model, and its
+# ratio to onnxruntime measured in the same run: the machine is shared, so
+# the ratio is what is compared across profiles).
+#
+#   scripts/profile-compare.sh [VARIANT...]     (default: release board board-s)
+#
+#   release  the workspace release profile (opt-level 3, 16 codegen units,
+#            thin-local LTO), stripped afterwards for the size column
+#   board    [profile.board] in Cargo.toml (release + fat LTO, codegen-units 1, strip)
+#   board-s  board with opt-level "s"
+#   board-thin  board with lto = "thin" (codegen-units 1)
+#
+# Each variant is a full build of tract (about 10 minutes on 2 cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/adaptivenet/target-cross}"
+RUNS="${RUNS:-500}"
+variants=("$@")
+[ ${#variants[@]} -gt 0 ] || variants=(release board board-s)
+results=()
+for v in "${variants[@]}"; do
+  case "$v" in
+    release)    prof=release; cfg=() ;;
+    board)      prof=board; cfg=() ;;
+    board-s)    prof=board-s; cfg=(--config 'profile.board-s.inherits="board"' --config 'profile.board-s.opt-level="s"') ;;
+    board-thin) prof=board-thin; cfg=(--config 'profile.board-thin.inherits="board"' --config 'profile.board-thin.lto="thin"') ;;
+    *) echo "unknown variant $v" >&2; exit 2 ;;
+  esac
+  t0=$(date +%s)
+  nice -n 10 cargo build --locked "${cfg[@]}" --profile "$prof" \
+    -p adaptivenet-daemon --bin adaptived -p adaptivenet-tests --bin bench-blocks
+  t1=$(date +%s)
+  bin="$CARGO_TARGET_DIR/$prof/adaptived"
+  cp "$bin" "/tmp/adaptived-$v"; strip "/tmp/adaptived-$v"
+  size=$(stat -c %s "/tmp/adaptived-$v")
+  echo "== $v: build $((t1 - t0)) s, stripped adaptived $size bytes"
+  for i in 1 2; do
+    out=$("$CARGO_TARGET_DIR/$prof/bench-blocks" --runs "$RUNS")
+    echo "$out"
+    whole=$(echo "$out" | awk '/^tract whole model/ {print $4}')
+    ratio=$(echo "$out" | awk -F': ' '/^tract \/ onnxruntime/ {print $2}')
+    results+=("$v|$((t1 - t0))|$size|$whole|$ratio")
+  done
+done
+echo
+echo "profile comparison, x86_64, $(date -u +%F), $(nproc) CPUs, bench-blocks --runs $RUNS (two runs each)"
+printf '%-11s %8s %12s %14s %18s\n' profile build_s stripped_MB tract_ms tract/onnxruntime
+for r in "${results[@]}"; do
+  IFS='|' read -r v b s w q <<<"$r"
+  printf '%-11s %8s %12.2f %14s %18s\n' "$v" "$b" "$(echo "$s/1048576" | bc -l)" "$w" "$q"
+done
