@@ -8,6 +8,15 @@
 //! - **shrink** `s{b}@{pct}`: a copy of block b whose hidden channels (outputs
 //!   of convs that do not feed the block's merge directly) are pruned to a
 //!   ratio, keeping the filters with the largest L1 norm and their weights.
+//!   The kept channels are followed through every op between the pruned conv
+//!   and the convs that read it: element-wise activations (Relu, Clip,
+//!   LeakyRelu, HardSigmoid, HardSwish, Sigmoid, ...), `x * sigmoid(x)` and
+//!   other element-wise binaries whose data inputs are all pruned alike,
+//!   PRelu and per-channel constants (sliced), BatchNormalization (sliced)
+//!   and depthwise convs (sliced, `group` set to the kept count), so an
+//!   inverted residual is pruned on its expansion channels through
+//!   expand 1x1 -> depthwise -> project 1x1 and keeps its input and output
+//!   shapes. Anything else stops the shrink with [`Error::CannotPrune`].
 //!
 //! A branch reads the oracle's cut tensor c_from and writes `branch/{id}`.
 
@@ -42,6 +51,24 @@ pub struct BuiltBranch {
     pub source_block: usize,
     /// Layers re-created (new weights) because their shape had to change, or added.
     pub reinitialised: Vec<String>,
+    /// For a shrink: the channels each pruned conv kept (empty for merges).
+    pub pruned: Vec<PrunedLayer>,
+}
+
+/// One conv of a shrink branch whose output channels were pruned. Names are
+/// the oracle's node names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrunedLayer {
+    /// The conv whose output channels were pruned.
+    pub conv: String,
+    /// Its output channels in the oracle.
+    pub channels: usize,
+    /// The channels kept, ascending.
+    pub keep: Vec<usize>,
+    /// Depthwise convs the channels pass through (sliced alike).
+    pub depthwise: Vec<String>,
+    /// Convs that read the pruned channels (their input channels sliced).
+    pub readers: Vec<String>,
 }
 
 /// The tensor a branch writes.
@@ -52,7 +79,11 @@ pub fn branch_tensor(id: &BranchId) -> String {
 /// A copy of one block under a prefix, with its input rewired.
 struct BlockCopy {
     nodes: Vec<NodeProto>,
+    /// The oracle name of each node.
+    oracle_names: Vec<String>,
     inits: HashMap<String, TensorProto>,
+    /// Initializers and outputs of nodes that read only constants.
+    constant: HashSet<String>,
     output: String,
 }
 
@@ -86,8 +117,14 @@ impl BlockCopy {
         };
         let mut inits = HashMap::new();
         let mut nodes = Vec::new();
+        let mut oracle_names = Vec::new();
         for &i in &ids {
             let mut n = graph.node[i].clone();
+            oracle_names.push(if n.name.is_empty() {
+                n.output.first().cloned().unwrap_or_default()
+            } else {
+                n.name.clone()
+            });
             n.name = format!(
                 "{prefix}/{}",
                 if n.name.is_empty() {
@@ -114,9 +151,22 @@ impl BlockCopy {
             }
             nodes.push(n);
         }
+        // `ids` is in topological order, so one pass finds every constant.
+        let mut constant: HashSet<String> = inits.keys().cloned().collect();
+        for n in &nodes {
+            if n.input
+                .iter()
+                .filter(|i| !i.is_empty())
+                .all(|i| constant.contains(i))
+            {
+                constant.extend(n.output.iter().filter(|o| !o.is_empty()).cloned());
+            }
+        }
         Ok(BlockCopy {
             nodes,
+            oracle_names,
             inits,
+            constant,
             output: output.to_string(),
         })
     }
@@ -133,12 +183,47 @@ impl BlockCopy {
             .and_then(|n| self.inits.get(n))
     }
     fn data_inputs(&self, node: usize) -> Vec<String> {
-        self.nodes[node]
-            .input
+        let mut out: Vec<String> = Vec::new();
+        for i in self.nodes[node].input.iter() {
+            if !i.is_empty() && !self.constant.contains(i) && !out.contains(i) {
+                out.push(i.clone());
+            }
+        }
+        out
+    }
+
+    /// The value of a constant tensor: an initializer (`None`) or the
+    /// `value` of the Constant node at this index.
+    fn constant_value(&self, name: &str) -> Option<(Option<usize>, TensorProto)> {
+        if let Some(t) = self.inits.get(name) {
+            return Some((None, t.clone()));
+        }
+        let k = self
+            .nodes
             .iter()
-            .filter(|i| !i.is_empty() && !self.inits.contains_key(*i))
-            .cloned()
-            .collect()
+            .position(|n| n.op_type == "Constant" && n.output.iter().any(|o| o == name))?;
+        let t = self.nodes[k]
+            .attribute
+            .iter()
+            .find(|a| a.name == "value")
+            .and_then(|a| a.t.clone())?;
+        Some((Some(k), t))
+    }
+
+    /// A depthwise conv: one input channel per group and one output channel
+    /// per input channel (weight `[group, 1, ...]`).
+    fn is_depthwise(&self, node: usize) -> bool {
+        let n = &self.nodes[node];
+        let g = group(n);
+        n.op_type == "Conv"
+            && g > 1
+            && self
+                .weight(node, 1)
+                .map(|w| {
+                    let d = dims(w);
+                    d.len() >= 3 && d[1] == 1 && d[0] as i64 == g
+                })
+                .unwrap_or(false)
     }
 
     /// Convs whose output reaches the block output without passing another Conv.
@@ -161,7 +246,7 @@ impl BlockCopy {
                     continue;
                 }
                 for c in self.consumers(&t) {
-                    if self.nodes[c].op_type != "Conv" {
+                    if self.nodes[c].op_type != "Conv" || self.is_depthwise(c) {
                         queue.extend(self.nodes[c].output.iter().cloned());
                     }
                 }
@@ -199,7 +284,13 @@ impl BlockCopy {
             .insert(name.to_string(), make_f32(name, dims, data));
     }
 
-    fn finish(self, id: BranchId, source_block: usize, reinitialised: Vec<String>) -> BuiltBranch {
+    fn finish(
+        self,
+        id: BranchId,
+        source_block: usize,
+        reinitialised: Vec<String>,
+        pruned: Vec<PrunedLayer>,
+    ) -> BuiltBranch {
         let mut initializers: Vec<TensorProto> = self.inits.into_values().collect();
         initializers.sort_by(|a, b| a.name.cmp(&b.name));
         BuiltBranch {
@@ -209,6 +300,7 @@ impl BlockCopy {
             initializers,
             source_block,
             reinitialised,
+            pruned,
         }
     }
 }
@@ -233,6 +325,19 @@ fn set_ints_attr(n: &mut NodeProto, name: &str, v: Vec<i64>) {
     }
 }
 
+fn set_int_attr(n: &mut NodeProto, name: &str, v: i64) {
+    if let Some(a) = n.attribute.iter_mut().find(|a| a.name == name) {
+        a.i = v;
+    } else {
+        n.attribute.push(AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::Int as i32,
+            i: v,
+            ..Default::default()
+        });
+    }
+}
+
 fn group(n: &NodeProto) -> i64 {
     n.attribute
         .iter()
@@ -241,9 +346,17 @@ fn group(n: &NodeProto) -> i64 {
         .unwrap_or(1)
 }
 
-/// Slice axis 0 (or 1) of a float initializer to `keep`.
+/// Slice one axis of a float initializer to the indices `keep`.
 fn slice_axis(t: &TensorProto, axis: usize, keep: &[usize]) -> Result<(Vec<usize>, Vec<f32>)> {
     let d = dims(t);
+    if axis >= d.len() || keep.iter().any(|&k| k >= d[axis]) {
+        return Err(Error::Graph(format!(
+            "initializer `{}` with dims {:?} has no channel {} on axis {axis} to keep",
+            t.name,
+            t.dims,
+            keep.iter().max().copied().unwrap_or(0)
+        )));
+    }
     let data = read_f32(t)?;
     let outer: usize = d[..axis].iter().product();
     let inner: usize = d[axis + 1..].iter().product();
@@ -259,9 +372,30 @@ fn slice_axis(t: &TensorProto, axis: usize, keep: &[usize]) -> Result<(Vec<usize
     Ok((nd, out))
 }
 
-/// Build the shrink branch of `block` at `ratio` (0 < ratio < 1).
+/// Build the shrink branch of `block` at `ratio` (0 < ratio < 1, a whole percentage).
 pub fn build_shrink(oracle: &Oracle, block: usize, ratio: f64) -> Result<BuiltBranch> {
     let id = BranchId::shrink(block, ratio).map_err(|e| Error::Graph(e.0))?;
+    shrink_as(oracle, block, ratio, id)
+}
+
+/// A pruned copy of `block` keeping `ratio` (0 < ratio <= 1) of each hidden
+/// conv's channels, written to `branch/s{block}@{pct}`. At ratio 1 it keeps
+/// every channel: the copy computes exactly what the block computes, which
+/// is how the pruning itself is checked. Elastify uses [`build_shrink`].
+pub fn build_pruned_copy(oracle: &Oracle, block: usize, ratio: f64) -> Result<BuiltBranch> {
+    if !(ratio > 0.0 && ratio <= 1.0) {
+        return Err(Error::Graph(format!(
+            "prune ratio {ratio} must be in (0, 1]"
+        )));
+    }
+    let id = BranchId::Shrink {
+        block,
+        percent: (ratio * 100.0).round() as u32,
+    };
+    shrink_as(oracle, block, ratio, id)
+}
+
+fn shrink_as(oracle: &Oracle, block: usize, ratio: f64, id: BranchId) -> Result<BuiltBranch> {
     let out = branch_tensor(&id);
     let input = oracle.layout.cuts[block].clone();
     let mut copy = BlockCopy::new(oracle, block, &input, &out, &out)?;
@@ -273,76 +407,341 @@ pub fn build_shrink(oracle: &Oracle, block: usize, ratio: f64) -> Result<BuiltBr
         .collect();
     if hidden.is_empty() {
         return Err(Error::Graph(format!(
-            "block {block} has no hidden convolution channels to prune"
+            "shrink {id}: block {block} has no hidden convolution channels to prune \
+             (every conv feeds the block output); list block {block} in \
+             `branches.skip_blocks` of the elastify spec to build no new branch over it"
         )));
     }
+    let mut pruned = Vec::new();
     for h in hidden {
-        let w = copy.weight(h, 1).ok_or_else(|| {
-            Error::Graph(format!(
-                "conv `{}` has no weight initializer",
-                copy.nodes[h].name
-            ))
-        })?;
-        let wd = dims(w);
-        let data = read_f32(w)?;
-        let per = data.len() / wd[0];
-        let mut norms: Vec<(f32, usize)> = (0..wd[0])
-            .map(|c| {
-                (
-                    data[c * per..(c + 1) * per].iter().map(|x| x.abs()).sum(),
-                    c,
-                )
-            })
-            .collect();
-        norms.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        let n_keep = ((wd[0] as f64 * ratio).round() as usize).clamp(1, wd[0]);
-        let mut keep: Vec<usize> = norms[..n_keep].iter().map(|x| x.1).collect();
-        keep.sort_unstable();
-        let wname = copy.nodes[h].input[1].clone();
-        let (nd, nv) = slice_axis(w, 0, &keep)?;
-        copy.set_init(&wname, &nd, &nv);
-        if let Some(b) = copy.weight(h, 2).cloned() {
-            let (nd, nv) = slice_axis(&b, 0, &keep)?;
-            copy.set_init(&copy.nodes[h].input[2].clone(), &nd, &nv);
+        pruned.push(prune_conv(&mut copy, h, ratio, &id, block)?);
+    }
+    Ok(copy.finish(id, block, vec![], pruned))
+}
+
+/// What pruning one conv's output channels does to each node downstream.
+enum Through {
+    /// Reads the pruned channels as its input channels: slice weight axis 1.
+    Reader,
+    /// Depthwise conv: slice weight axis 0 and bias, set `group`.
+    Depthwise,
+    /// BatchNormalization: its 1-D parameters at these slots are sliced.
+    BatchNorm(Vec<usize>),
+    /// Element-wise on its data inputs, which must all be pruned alike;
+    /// constant inputs at these slots (PRelu's slope, a Mul's scale, ...)
+    /// are either one value (kept) or one per channel (sliced).
+    Elementwise(Vec<usize>),
+}
+
+/// Element-wise ops with one data input that keep channels apart; their
+/// other inputs (Clip's min/max, ...) are scalars.
+const PASS_UNARY: &[&str] = &[
+    "Relu",
+    "Clip",
+    "LeakyRelu",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Tanh",
+    "Elu",
+    "Selu",
+    "Softplus",
+    "Mish",
+    "Gelu",
+    "Identity",
+    "Dropout",
+    "Neg",
+    "Abs",
+    "Exp",
+    "Sqrt",
+];
+
+/// Element-wise binary ops: fine when every data input is pruned alike.
+const PASS_BINARY: &[&str] = &["Mul", "Add", "Sub", "Div", "Max", "Min", "Sum"];
+
+/// Prune conv `h` of `copy` to `ratio` of its output channels (largest L1
+/// norm first) and follow the kept channels to the convs that read them.
+fn prune_conv(
+    copy: &mut BlockCopy,
+    h: usize,
+    ratio: f64,
+    id: &BranchId,
+    block: usize,
+) -> Result<PrunedLayer> {
+    let conv_name = copy.oracle_names[h].clone();
+    let w = copy
+        .weight(h, 1)
+        .cloned()
+        .ok_or_else(|| Error::Graph(format!("conv `{conv_name}` has no weight initializer")))?;
+    let wd = dims(&w);
+    if wd.len() < 3 || wd[0] == 0 {
+        return Err(Error::Graph(format!(
+            "conv `{conv_name}` has weight dims {wd:?}; expected [out, in, k...]"
+        )));
+    }
+    let rank = wd.len();
+    let channels = wd[0];
+    let data = read_f32(&w)?;
+    let per = data.len() / channels;
+    let mut norms: Vec<(f32, usize)> = (0..channels)
+        .map(|c| {
+            (
+                data[c * per..(c + 1) * per].iter().map(|x| x.abs()).sum(),
+                c,
+            )
+        })
+        .collect();
+    norms.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let n_keep = ((channels as f64 * ratio).round() as usize).clamp(1, channels);
+    let mut keep: Vec<usize> = norms[..n_keep].iter().map(|x| x.1).collect();
+    keep.sort_unstable();
+
+    let cannot = |copy: &BlockCopy, node: usize, reason: String| Error::CannotPrune {
+        branch: id.to_string(),
+        block,
+        conv: conv_name.clone(),
+        node: copy.oracle_names[node].clone(),
+        op: copy.nodes[node].op_type.clone(),
+        reason,
+    };
+
+    // Walk the tensors that carry the pruned channels; decide for each node.
+    let mut pruned_tensors: HashSet<String> = HashSet::new();
+    let mut queue: VecDeque<String> = VecDeque::new();
+    for o in copy.nodes[h].output.iter().filter(|o| !o.is_empty()) {
+        pruned_tensors.insert(o.clone());
+        queue.push_back(o.clone());
+    }
+    let mut plan: Vec<(usize, Through)> = Vec::new();
+    while let Some(t) = queue.pop_front() {
+        if t == copy.output {
+            return Err(cannot(
+                copy,
+                h,
+                "the pruned channels reach the block output".into(),
+            ));
         }
-        let (between, convs) = copy.downstream(h);
-        for n in between {
-            let node = copy.nodes[n].clone();
-            match node.op_type.as_str() {
-                "BatchNormalization" => {
-                    for k in 1..5 {
-                        if let Some(t) = copy.weight(n, k).cloned() {
-                            let (nd, nv) = slice_axis(&t, 0, &keep)?;
-                            copy.set_init(&node.input[k], &nd, &nv);
+        for c in copy.consumers(&t) {
+            if plan.iter().any(|(k, _)| *k == c) {
+                continue;
+            }
+            let node = &copy.nodes[c];
+            let slots = |from: usize| -> Vec<usize> {
+                (from..node.input.len())
+                    .filter(|&k| !node.input[k].is_empty())
+                    .collect()
+            };
+            let through = match node.op_type.as_str() {
+                "Conv" if copy.is_depthwise(c) => {
+                    if node.input[0] != t {
+                        return Err(cannot(copy, c, "it reads them as a weight".into()));
+                    }
+                    Through::Depthwise
+                }
+                "Conv" if group(node) == 1 => {
+                    if node.input[0] != t {
+                        return Err(cannot(copy, c, "it reads them as a weight".into()));
+                    }
+                    plan.push((c, Through::Reader));
+                    continue;
+                }
+                "Conv" => {
+                    return Err(cannot(
+                        copy,
+                        c,
+                        format!(
+                            "a grouped conv (group {}) that is not depthwise",
+                            group(node)
+                        ),
+                    ))
+                }
+                "BatchNormalization" => Through::BatchNorm(slots(1)),
+                op if PASS_UNARY.contains(&op) => {
+                    if copy.data_inputs(c).len() != 1 {
+                        return Err(cannot(copy, c, "it has more than one data input".into()));
+                    }
+                    Through::Elementwise(vec![])
+                }
+                op if PASS_BINARY.contains(&op) || op == "PRelu" => Through::Elementwise(
+                    (0..node.input.len())
+                        .filter(|&k| {
+                            !node.input[k].is_empty() && copy.constant.contains(&node.input[k])
+                        })
+                        .collect(),
+                ),
+                _ => {
+                    return Err(cannot(
+                        copy,
+                        c,
+                        "only element-wise ops, BatchNormalization, PRelu and depthwise \
+                         convs can carry pruned channels"
+                            .into(),
+                    ))
+                }
+            };
+            // Only the first output carries the channels (BN and Dropout
+            // have optional training outputs).
+            if let Some(o) = copy.nodes[c].output.first().filter(|o| !o.is_empty()) {
+                if pruned_tensors.insert(o.clone()) {
+                    queue.push_back(o.clone());
+                }
+            }
+            plan.push((c, through));
+        }
+    }
+    // Element-wise nodes may only mix tensors pruned alike (x * sigmoid(x)
+    // is fine, an Add with the block input is not).
+    for (c, through) in &plan {
+        if matches!(through, Through::Elementwise(_) | Through::BatchNorm(_)) {
+            if let Some(other) = copy
+                .data_inputs(*c)
+                .into_iter()
+                .find(|i| !pruned_tensors.contains(i))
+            {
+                let other = other
+                    .strip_prefix(&format!("{}/", copy.output))
+                    .unwrap_or(&other)
+                    .to_string();
+                return Err(cannot(
+                    copy,
+                    *c,
+                    format!("its input `{other}` does not carry the same pruned channels"),
+                ));
+            }
+        }
+    }
+
+    // Apply.
+    let wname = copy.nodes[h].input[1].clone();
+    let (nd, nv) = slice_axis(&w, 0, &keep)?;
+    copy.set_init(&wname, &nd, &nv);
+    if let Some(b) = copy.weight(h, 2).cloned() {
+        let (nd, nv) = slice_axis(&b, 0, &keep)?;
+        copy.set_init(&copy.nodes[h].input[2].clone(), &nd, &nv);
+    }
+    let mut depthwise = Vec::new();
+    let mut readers = Vec::new();
+    // Constants shared by several nodes are sliced once.
+    let mut sliced: HashSet<String> = HashSet::new();
+    for (c, through) in plan {
+        match through {
+            Through::Reader => {
+                let wn = copy.nodes[c].input[1].clone();
+                let t = copy.inits.get(&wn).cloned().ok_or_else(|| {
+                    Error::Graph(format!("conv `{}` has no weight", copy.oracle_names[c]))
+                })?;
+                let (nd, nv) = slice_axis(&t, 1, &keep)?;
+                copy.set_init(&wn, &nd, &nv);
+                readers.push(copy.oracle_names[c].clone());
+            }
+            Through::Depthwise => {
+                for k in 1..copy.nodes[c].input.len().min(3) {
+                    if let Some(t) = copy.weight(c, k).cloned() {
+                        let (nd, nv) = slice_axis(&t, 0, &keep)?;
+                        copy.set_init(&copy.nodes[c].input[k].clone(), &nd, &nv);
+                    }
+                }
+                set_int_attr(&mut copy.nodes[c], "group", keep.len() as i64);
+                depthwise.push(copy.oracle_names[c].clone());
+            }
+            Through::BatchNorm(slots) => {
+                for k in slots {
+                    let name = copy.nodes[c].input[k].clone();
+                    if !sliced.insert(name.clone()) {
+                        continue;
+                    }
+                    let t = copy.inits.get(&name).cloned().ok_or_else(|| {
+                        cannot(
+                            copy,
+                            c,
+                            format!("its parameter `{name}` is not an initializer"),
+                        )
+                    })?;
+                    let (nd, nv) = slice_axis(&t, 0, &keep)?;
+                    copy.set_init(&name, &nd, &nv);
+                }
+            }
+            Through::Elementwise(slots) => {
+                for k in slots {
+                    let name = copy.nodes[c].input[k].clone();
+                    if !sliced.insert(name.clone()) {
+                        continue;
+                    }
+                    let Some((from_node, t)) = copy.constant_value(&name) else {
+                        return Err(cannot(
+                            copy,
+                            c,
+                            format!("its constant input `{name}` is computed, not stored"),
+                        ));
+                    };
+                    match channel_axis(&t, rank, channels) {
+                        ChannelAxis::Broadcast => {}
+                        ChannelAxis::Axis(a) => {
+                            let (nd, nv) = slice_axis(&t, a, &keep)?;
+                            match from_node {
+                                None => copy.set_init(&name, &nd, &nv),
+                                Some(k) => {
+                                    let value = make_f32(&t.name, &nd, &nv);
+                                    if let Some(attr) = copy.nodes[k]
+                                        .attribute
+                                        .iter_mut()
+                                        .find(|a| a.name == "value")
+                                    {
+                                        attr.t = Some(value);
+                                    }
+                                }
+                            }
+                        }
+                        ChannelAxis::Other => {
+                            return Err(cannot(
+                                copy,
+                                c,
+                                format!(
+                                    "its constant input has dims {:?}, neither one value \
+                                     nor one per channel",
+                                    t.dims
+                                ),
+                            ))
                         }
                     }
                 }
-                op if crate::graph::ELEMENTWISE_UNARY.contains(&op)
-                    && copy.data_inputs(n).len() == 1 => {}
-                op => {
-                    return Err(Error::Graph(format!(
-                        "cannot prune the output of `{}` through `{}` ({op})",
-                        copy.nodes[h].name, node.name
-                    )))
-                }
             }
-        }
-        for c in convs {
-            if group(&copy.nodes[c]) != 1 {
-                return Err(Error::Graph(format!(
-                    "cannot prune into grouped conv `{}`",
-                    copy.nodes[c].name
-                )));
-            }
-            let wn = copy.nodes[c].input[1].clone();
-            let t = copy.inits.get(&wn).cloned().ok_or_else(|| {
-                Error::Graph(format!("conv `{}` has no weight", copy.nodes[c].name))
-            })?;
-            let (nd, nv) = slice_axis(&t, 1, &keep)?;
-            copy.set_init(&wn, &nd, &nv);
         }
     }
-    Ok(copy.finish(id, block, vec![]))
+    Ok(PrunedLayer {
+        conv: conv_name,
+        channels,
+        keep,
+        depthwise,
+        readers,
+    })
+}
+
+/// How a constant operand lines up with the channel axis (axis 1) of a
+/// rank-`rank` NCHW tensor with `channels` channels.
+enum ChannelAxis {
+    /// One value for every channel (all dims 1): keep it.
+    Broadcast,
+    /// One value per channel along this axis of the constant: slice it.
+    Axis(usize),
+    /// Anything else.
+    Other,
+}
+
+fn channel_axis(t: &TensorProto, rank: usize, channels: usize) -> ChannelAxis {
+    let d = dims(t);
+    if d.iter().all(|&x| x == 1) {
+        return ChannelAxis::Broadcast;
+    }
+    // Numpy broadcasting aligns trailing dims: the channel axis 1 of the data
+    // is axis `len - (rank - 1)` of the constant.
+    if d.len() + 1 >= rank {
+        let a = d.len() + 1 - rank;
+        if d[a] == channels && d.iter().enumerate().all(|(i, &x)| i == a || x == 1) {
+            return ChannelAxis::Axis(a);
+        }
+    }
+    ChannelAxis::Other
 }
 
 /// Build the merge branch from cut `from` over `span` blocks.
@@ -384,7 +783,7 @@ pub fn build_merge(
     let input = oracle.layout.cuts[from].clone();
     if let Some(b) = chosen {
         let copy = BlockCopy::new(oracle, b, &input, &out, &out)?;
-        return Ok(copy.finish(id, b, vec![]));
+        return Ok(copy.finish(id, b, vec![], vec![]));
     }
     // Fold the span into a copy of its first block.
     let mut copy = BlockCopy::new(oracle, from, &input, &out, &out)?;
@@ -498,5 +897,5 @@ pub fn build_merge(
             reinit.push(proj);
         }
     }
-    Ok(copy.finish(id, from, reinit))
+    Ok(copy.finish(id, from, reinit, vec![]))
 }

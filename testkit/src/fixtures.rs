@@ -25,6 +25,12 @@ pub fn oracle_path() -> PathBuf {
     fixtures().join("oracle/fmnist_resnet.onnx")
 }
 
+/// The MobileNetV2-style oracle fixture (`tests/fixtures/make_mobilenet.py`);
+/// it uses the ResNet fixture's input normalisation.
+pub fn mobilenet_path() -> PathBuf {
+    fixtures().join("oracle/fmnist_mobilenetv2.onnx")
+}
+
 /// Third-party graphs from the `onnx` wheel.
 pub fn thirdparty(name: &str) -> PathBuf {
     fixtures().join("thirdparty").join(name)
