@@ -496,13 +496,15 @@ fn prune_conv(
     let mut keep: Vec<usize> = norms[..n_keep].iter().map(|x| x.1).collect();
     keep.sort_unstable();
 
-    let cannot = |copy: &BlockCopy, node: usize, reason: String| Error::CannotPrune {
-        branch: id.to_string(),
-        block,
-        conv: conv_name.clone(),
-        node: copy.oracle_names[node].clone(),
-        op: copy.nodes[node].op_type.clone(),
-        reason,
+    let cannot = |copy: &BlockCopy, node: usize, reason: String| {
+        Error::CannotPrune(Box::new(crate::error::CannotPrune {
+            branch: id.to_string(),
+            block,
+            conv: conv_name.clone(),
+            node: copy.oracle_names[node].clone(),
+            op: copy.nodes[node].op_type.clone(),
+            reason,
+        }))
     };
 
     // Walk the tensors that carry the pruned channels; decide for each node.

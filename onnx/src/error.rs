@@ -21,24 +21,8 @@ pub enum Error {
     #[error("{0}")]
     Graph(String),
     /// A shrink branch cannot prune a block's hidden channels through a node.
-    #[error(
-        "shrink {branch}: cannot prune the output of `{conv}` through `{node}` ({op}): {reason}; \
-         list block {block} in `branches.skip_blocks` of the elastify spec to build no new branch over it"
-    )]
-    CannotPrune {
-        /// The shrink branch id, e.g. `s3@50`.
-        branch: String,
-        /// The oracle block it copies.
-        block: usize,
-        /// The oracle conv whose output channels were being pruned.
-        conv: String,
-        /// The oracle node the pruning cannot pass.
-        node: String,
-        /// That node's op type.
-        op: String,
-        /// Why not.
-        reason: String,
-    },
+    #[error(transparent)]
+    CannotPrune(Box<CannotPrune>),
     /// tract refused to type, optimise or run a graph.
     #[error("tract: {context}: {message}")]
     Tract { context: String, message: String },
@@ -73,6 +57,27 @@ impl Error {
             message: format!("{err:#}"),
         }
     }
+}
+
+/// Why a shrink branch cannot prune a block's hidden channels.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "shrink {branch}: cannot prune the output of `{conv}` through `{node}` ({op}): {reason}; \
+     list block {block} in `branches.skip_blocks` of the elastify spec to build no new branch over it"
+)]
+pub struct CannotPrune {
+    /// The shrink branch id, e.g. `s3@50`.
+    pub branch: String,
+    /// The oracle block it copies.
+    pub block: usize,
+    /// The oracle conv whose output channels were being pruned.
+    pub conv: String,
+    /// The oracle node the pruning cannot pass.
+    pub node: String,
+    /// That node's op type.
+    pub op: String,
+    /// Why not.
+    pub reason: String,
 }
 
 /// Result alias for this crate.

@@ -82,8 +82,9 @@ fn every_shrink_branch_keeps_its_block_shapes_and_the_oracle_path_is_exact() {
     let arch = meta["architecture"]["blocks"].as_array().unwrap();
     let n = oracle.layout.num_blocks();
     let mut branches = Vec::new();
-    for b in 0..n {
-        let hidden = arch[b]["hidden"].as_u64().unwrap() as usize;
+    assert_eq!(arch.len(), n);
+    for (b, block) in arch.iter().enumerate() {
+        let hidden = block["hidden"].as_u64().unwrap() as usize;
         for r in [0.5, 0.25] {
             let br = build_shrink(&oracle, b, r).unwrap();
             assert_eq!(br.pruned.len(), 1, "{}", br.id);

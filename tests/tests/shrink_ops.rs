@@ -108,6 +108,7 @@ impl Builder {
         name.to_string()
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn conv(
         &mut self,
         name: &str,
@@ -487,10 +488,10 @@ fn cannot_prune(oracle: &Oracle) -> (String, String, String) {
     assert!(msg.contains("skip_blocks"), "{msg}");
     assert!(msg.contains("block 0"), "{msg}");
     match err {
-        Error::CannotPrune { node, op, conv, .. } => {
-            assert_eq!(conv, "expand", "{msg}");
-            assert!(msg.contains(&format!("`{node}` ({op})")), "{msg}");
-            (node, op, msg)
+        Error::CannotPrune(e) => {
+            assert_eq!(e.conv, "expand", "{msg}");
+            assert!(msg.contains(&format!("`{}` ({})", e.node, e.op)), "{msg}");
+            (e.node, e.op, msg)
         }
         other => panic!("expected CannotPrune, got {other}"),
     }
@@ -546,7 +547,7 @@ fn an_add_with_an_unpruned_tensor_cannot_be_pruned() {
     let err = build_shrink(&o, 0, 0.5).unwrap_err();
     let msg = err.to_string();
     assert!(
-        matches!(&err, Error::CannotPrune { op, node, .. } if op == "Add" && node == "sum"),
+        matches!(&err, Error::CannotPrune(e) if e.op == "Add" && e.node == "sum"),
         "{msg}"
     );
     assert!(
