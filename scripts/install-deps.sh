@@ -3,8 +3,10 @@
 # or with sudo available): the Fashion-MNIST data set, the minisign tool (to
 # check interoperability of signatures), systemd (systemd-analyze, for the
 # unit file check; sysinfo and nix are plain crates and need nothing), and onnxruntime/onnx/numpy for the
-# reference checks. Safe to run again.
+# reference checks, and the Mender client, SWUpdate and mender-artifact for
+# the OTA tests. Safe to run again.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 export DEBIAN_FRONTEND=noninteractive
@@ -15,11 +17,24 @@ command -v minisign >/dev/null || need_apt+=(minisign)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 # timeout (coreutils): the adaptation tests bound their CPU hogs with it.
 command -v timeout >/dev/null || need_apt+=(coreutils)
+# The OTA tests (daemon/tests/ota_mender.rs) drive the real Mender client and
+# SWUpdate through our update module and handler; mender-artifact wraps bundles.
+command -v mender-artifact >/dev/null || need_apt+=(mender-artifact)
+command -v mender >/dev/null || need_apt+=(mender-client)
+command -v swupdate >/dev/null || need_apt+=(swupdate)
+command -v cpio >/dev/null || need_apt+=(cpio)
+command -v openssl >/dev/null || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 if ! python3 -c "import onnxruntime, onnx, numpy" 2>/dev/null; then
   python3 -m pip install -q --disable-pip-version-check onnxruntime onnx numpy
+fi
+# The Mender client looks for update modules only in its modules folder, and
+# installs nothing without an artifact_info file: the OTA tests need both.
+if command -v mender >/dev/null; then
+  $SUDO install -D -m 0755 ota/mender/adaptivenet-bundle /usr/share/mender/modules/v3/adaptivenet-bundle
+  [ -f /etc/mender/artifact_info ] || echo "artifact_name=adaptivenet-tests" | $SUDO tee /etc/mender/artifact_info >/dev/null
 fi
 echo "install-deps: ok"

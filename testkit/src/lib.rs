@@ -5,7 +5,7 @@
 //! - [`daemon`]: a real `adaptived` process with its config, log and address;
 //! - [`client`]: a blocking HTTP/1.1 client for the daemon's API;
 //! - [`board`]: a fake board (sysfs/procfs) for the monitor;
-//! - [`reference`]: onnxruntime and zeroed-channel references;
+//! - [`reference`](mod@reference): onnxruntime and zeroed-channel references;
 //! - [`tempdir`]: temporary folders removed on drop.
 
 pub mod board;
