@@ -189,11 +189,13 @@ impl Service {
                         path.display()
                     ))
                 }
-                (None, Some(f)) if version < f => return Err(format!(
+                (None, Some(f)) if version < f => {
+                    return Err(format!(
                     "{}: version {version} is older than the highest installed version {f} ({})",
                     path.display(),
                     crate::state::FLOOR
-                )),
+                ))
+                }
                 _ => {}
             }
         }

@@ -348,7 +348,7 @@ fn kill_9_at_random_moments_during_intake_and_swap_never_loses_a_bundle() {
     let mut current = 1u64;
     for run in 0..runs {
         let version = current + 1;
-        let name = format!("kill-{version}.bundle");
+        let name = format!("kill-{run}-v{version}.bundle");
         let bytes = signed_bundle(version);
         drop_bundle(&d.bundle_dir, &name, &bytes);
         let delay = Duration::from_millis(rng.next_u64() % 400);
