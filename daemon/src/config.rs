@@ -45,6 +45,7 @@ pub struct Config {
     pub pin_version: Option<u64>,
     pub watch: Watch,
     pub monitor: Monitor,
+    pub intake: Intake,
 }
 
 impl Default for Config {
@@ -68,6 +69,7 @@ impl Default for Config {
             pin_version: None,
             watch: Watch::default(),
             monitor: Monitor::default(),
+            intake: Intake::default(),
         }
     }
 }
@@ -249,8 +251,12 @@ pub struct Watch {
     /// Seconds between two scans of the directory.
     pub poll_interval_s: f64,
     /// A file written in place (no rename, no close event seen) counts as
-    /// complete once its size and mtime have not changed for this long.
+    /// complete once its size and mtime have not changed for this long. A
+    /// file that is not a whole bundle yet is re-checked until it has been
+    /// unchanged this long, and only then rejected.
     pub settle_s: f64,
+    /// Rejected bundles kept in `rejected/` (the oldest beyond are removed).
+    pub keep_rejected: usize,
 }
 
 impl Default for Watch {
@@ -259,7 +265,45 @@ impl Default for Watch {
             events: true,
             poll_interval_s: 1.0,
             settle_s: 5.0,
+            keep_rejected: 20,
         }
+    }
+}
+
+/// Limits on what a bundle may make the daemon read or allocate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Intake {
+    /// A bundle file larger than this (MiB) is refused from its size,
+    /// before it is read.
+    pub max_bundle_mb: u64,
+    /// The largest tensor a bundle may describe (its input item, a cut at
+    /// batch 1), in MiB; unset: a quarter of `memory_budget_mb`.
+    pub max_tensor_mb: Option<u64>,
+}
+
+impl Default for Intake {
+    fn default() -> Self {
+        Intake {
+            max_bundle_mb: 512,
+            max_tensor_mb: None,
+        }
+    }
+}
+
+impl Config {
+    /// The largest bundle file accepted, in bytes.
+    pub fn max_bundle_bytes(&self) -> u64 {
+        self.intake.max_bundle_mb.saturating_mul(1 << 20)
+    }
+
+    /// The largest tensor a bundle may describe, in bytes
+    /// (`intake.max_tensor_mb`, else a quarter of `memory_budget_mb`).
+    pub fn max_tensor_bytes(&self) -> u64 {
+        self.intake
+            .max_tensor_mb
+            .unwrap_or((self.memory_budget_mb / 4).max(1))
+            .saturating_mul(1 << 20)
     }
 }
 
@@ -446,6 +490,7 @@ impl Config {
             ("max_batch", self.max_batch != next.max_batch),
             ("pin_version", self.pin_version != next.pin_version),
             ("watch", self.watch != next.watch),
+            ("intake", self.intake != next.intake),
         ]
         .into_iter()
         .filter_map(|(k, changed)| changed.then_some(k))
@@ -687,6 +732,25 @@ impl Config {
                 format!("{} must be between 0.1 and 3600", w.settle_s),
             );
         }
+        if w.keep_rejected == 0 || w.keep_rejected > 100_000 {
+            return bad(
+                "watch.keep_rejected",
+                format!("{} must be between 1 and 100000", w.keep_rejected),
+            );
+        }
+        let i = &self.intake;
+        if i.max_bundle_mb == 0 || i.max_bundle_mb > 1 << 20 {
+            return bad(
+                "intake.max_bundle_mb",
+                format!("{} must be between 1 and 1048576", i.max_bundle_mb),
+            );
+        }
+        if i.max_tensor_mb.is_some_and(|m| m == 0 || m > 1 << 20) {
+            return bad(
+                "intake.max_tensor_mb",
+                "must be between 1 and 1048576".into(),
+            );
+        }
         Ok(())
     }
 
@@ -831,5 +895,41 @@ mod tests {
         assert_eq!(line_of_key(t, "other.cooldown_s"), Some(5));
         assert_eq!(line_of_key(t, "policy.x"), Some(3));
         assert_eq!(line_of_key(t, "policy.cooldown_s"), None);
+    }
+
+    #[test]
+    fn intake_limits_default_and_validate() {
+        let c = Config::default();
+        assert_eq!(c.intake.max_bundle_mb, 512);
+        assert_eq!(c.max_bundle_bytes(), 512 << 20);
+        assert_eq!(
+            c.max_tensor_bytes(),
+            (256 / 4) << 20,
+            "a quarter of memory_budget_mb"
+        );
+        assert_eq!(c.watch.keep_rejected, 20);
+        let p = Path::new("/c.yaml");
+        let c = Config::from_yaml(
+            "memory_budget_mb: 64\nintake: {max_bundle_mb: 3}\nwatch: {keep_rejected: 2}\n",
+            p,
+        )
+        .unwrap();
+        assert_eq!(c.max_bundle_bytes(), 3 << 20);
+        assert_eq!(c.max_tensor_bytes(), 16 << 20);
+        assert_eq!(c.watch.keep_rejected, 2);
+        let c = Config::from_yaml("intake: {max_tensor_mb: 5}\n", p).unwrap();
+        assert_eq!(c.max_tensor_bytes(), 5 << 20);
+        for (yaml, key) in [
+            ("intake:\n  max_bundle_mb: 0\n", "intake.max_bundle_mb"),
+            ("intake:\n  max_tensor_mb: 0\n", "intake.max_tensor_mb"),
+            ("watch:\n  keep_rejected: 0\n", "watch.keep_rejected"),
+        ] {
+            let e = Config::from_yaml(yaml, p).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("line 2"), "{yaml}: {e}");
+        }
+        let cur = Config::default();
+        let mut next = cur.clone();
+        next.intake.max_bundle_mb = 1;
+        assert_eq!(cur.reload(next).needs_restart, vec!["intake"]);
     }
 }

@@ -144,10 +144,12 @@ fn serve(cli: &Cli) -> Result<()> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     {
-        let (svc, stop) = (service.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("watcher".into())
-            .spawn(move || watcher::run(svc, stop))?;
+        let (svc, stop, sh) = (service.clone(), stop.clone(), shared.clone());
+        adaptivenet_daemon::supervise::spawn(
+            "watcher",
+            move || watcher::run(svc.clone(), stop.clone()),
+            move |m| sh.thread_panicked("watcher", m),
+        )?;
     }
     adaptivenet_daemon::adapt::spawn(shared.clone(), Arc::new(config.clone()))
         .context("starting the adaptation loop")?;

@@ -23,7 +23,7 @@ use crate::clock::unix_now;
 use crate::config::{Config, ValidationData};
 use crate::engine::{Engine, EngineError};
 use crate::shared::{Active, Shared};
-use crate::state::{ActiveInfo, State, StateError};
+use crate::state::{ActiveInfo, Slot, State, StateError};
 use crate::status::SearchState;
 
 /// What happened to a candidate file.
@@ -134,10 +134,13 @@ impl Service {
             search_tx: Mutex::new(Some(tx)),
         });
         let weak = Arc::downgrade(&svc);
-        std::thread::Builder::new()
-            .name("search".into())
-            .spawn(move || search_thread(weak, rx))
-            .map_err(ServiceError::Thread)?;
+        let shared = svc.shared.clone();
+        crate::supervise::spawn(
+            "search",
+            move || search_thread(weak.clone(), &rx),
+            move |m| shared.thread_panicked("search", m),
+        )
+        .map_err(ServiceError::Thread)?;
         Ok(svc)
     }
 
@@ -160,44 +163,140 @@ impl Service {
         }
     }
 
+    /// Open and check one installed slot: the signature against the
+    /// current trusted keys, the sizes it describes, and (for the active
+    /// slot) its version against the floor.
+    fn open_slot(&self, slot: Slot, floor: Option<u64>) -> Result<Arc<Bundle>, String> {
+        let path = self.state.slot_path(slot);
+        if !path.is_file() {
+            return Err(format!("{}: missing", path.display()));
+        }
+        let bundle = Bundle::open_limited(
+            &path,
+            &self.keys,
+            self.config.allow_unsigned,
+            Some(self.config.max_bundle_bytes()),
+        )
+        .map_err(|e| e.to_string())?;
+        self.check_sizes(&bundle)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let version = bundle.manifest.model.version;
+        if slot == Slot::Active {
+            match (self.config.pin_version, floor) {
+                (Some(pin), _) if version != pin => {
+                    return Err(format!(
+                        "{}: version {version}, but this device is pinned to version {pin}",
+                        path.display()
+                    ))
+                }
+                (None, Some(f)) if version < f => {
+                    return Err(format!(
+                    "{}: version {version} is older than the highest installed version {f} ({})",
+                    path.display(),
+                    crate::state::FLOOR
+                ))
+                }
+                _ => {}
+            }
+        }
+        Ok(Arc::new(bundle))
+    }
+
     /// Serve the last good bundle from `state_dir` at once: with its stored
     /// search result if there is one (no search), else its oracle path while
-    /// a search runs in the background.
+    /// a search runs in the background. When the active slot fails its
+    /// checks (damaged, no longer trusted, below the version floor, does not
+    /// run), the previous slot is served and the fallback is reported.
     pub fn restore(&self) {
-        let path = self.state.active_bundle_path();
-        if !path.is_file() {
-            log::info!(
-                "{}: no active bundle yet; waiting for one in {}",
-                path.display(),
-                self.config.bundle_dir.display()
-            );
-            return;
-        }
-        let bundle = match Bundle::open(&path, &self.keys, self.config.allow_unsigned) {
-            Ok(b) => Arc::new(b),
-            Err(e) => {
-                log::error!("the stored bundle does not verify any more ({e}); serving nothing until a new bundle arrives");
-                return;
+        let floor = self.state.floor().map(|f| f.version);
+        // An older state without a floor file: the active bundle sets it.
+        let mut fallback: Option<String> = None;
+        for slot in [Slot::Active, Slot::Previous] {
+            let path = self.state.slot_path(slot);
+            if slot == Slot::Active
+                && !path.is_file()
+                && !self.state.previous_bundle_path().is_file()
+            {
+                log::info!(
+                    "{}: no active bundle yet; waiting for one in {}",
+                    path.display(),
+                    self.config.bundle_dir.display()
+                );
+                break;
             }
-        };
-        let m = &bundle.manifest;
-        self.set_latest(&bundle.sha256, m.model.version);
-        let stored = self.stored_result(&bundle.sha256);
-        let reason = if stored.is_some() {
-            "restored from state_dir with its stored search result"
-        } else {
-            "restored from state_dir; no stored search result, serving the oracle path until the search finishes"
-        };
-        match self.activate(bundle.clone(), stored.clone(), reason) {
-            Ok(()) => {}
-            Err(e) => {
-                log::error!("the stored bundle {} does not run: {e}", path.display());
-                return;
+            let bundle = match self.open_slot(slot, floor) {
+                Ok(b) => b,
+                Err(e) => {
+                    log::error!("the stored {slot:?} bundle is not usable: {e}");
+                    fallback = Some(e);
+                    continue;
+                }
+            };
+            let version = bundle.manifest.model.version;
+            let stored = self.stored_result(&bundle.sha256);
+            let mut reason = if stored.is_some() {
+                "restored from state_dir with its stored search result".to_string()
+            } else {
+                "restored from state_dir; no stored search result, serving the oracle path until the search finishes".to_string()
+            };
+            if slot == Slot::Previous {
+                reason = format!(
+                    "the active bundle failed its checks ({}); serving the previous bundle",
+                    fallback.as_deref().unwrap_or("unknown")
+                );
             }
+            if let Err(e) = self.activate(bundle.clone(), stored.clone(), &reason) {
+                log::error!(
+                    "the stored {slot:?} bundle {} does not run: {e}",
+                    path.display()
+                );
+                fallback = Some(format!("{}: does not run: {e}", path.display()));
+                continue;
+            }
+            if slot == Slot::Previous {
+                log::warn!("{reason}");
+                self.shared.fell_back(&reason);
+            } else {
+                if let Err(e) = self.state.raise_floor(version, &bundle.sha256) {
+                    log::warn!("cannot record the version floor: {e}");
+                }
+                // A stop between writing the bundle and its record leaves
+                // the record behind: the file is the truth.
+                if self
+                    .state
+                    .active_info()
+                    .is_none_or(|i| i.sha256 != bundle.sha256)
+                {
+                    let info = ActiveInfo {
+                        sha256: bundle.sha256.clone(),
+                        name: bundle.manifest.model.name.clone(),
+                        version,
+                        source: crate::state::ACTIVE_BUNDLE.into(),
+                        installed_at: unix_now(),
+                    };
+                    if let Err(e) = self.state.write_active_info(&info) {
+                        log::warn!("cannot rewrite the active bundle's record: {e}");
+                    }
+                }
+            }
+            self.set_latest(&bundle.sha256, version);
+            if stored.is_none() {
+                self.queue_search(bundle);
+            }
+            break;
         }
-        if stored.is_none() {
-            self.queue_search(bundle);
+        if self.shared.current().is_none() && fallback.is_some() {
+            log::error!("no stored bundle verifies; serving nothing until a new bundle arrives");
         }
+        self.shared
+            .set_version_floor(self.state.floor().map(|f| f.version));
+    }
+
+    /// Everything a bundle describes that sizes a buffer must fit the
+    /// configured cap (`intake.max_tensor_mb`), and the shapes it gives must
+    /// be those of its ONNX graph (the batch aside).
+    pub fn check_sizes(&self, bundle: &Bundle) -> Result<(), SizeError> {
+        check_sizes(bundle, self.config.max_tensor_bytes())
     }
 
     /// The stored search result of this bundle on this device, if any. An
@@ -268,15 +367,21 @@ impl Service {
     /// Verify the bundle at `path` and install it. Does not move or delete
     /// the file (the watcher does).
     pub fn consider(&self, path: &Path) -> Outcome {
-        let bytes = match std::fs::read(path) {
+        let bundle = match Bundle::open_limited(
+            path,
+            &self.keys,
+            self.config.allow_unsigned,
+            Some(self.config.max_bundle_bytes()),
+        ) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Outcome::Gone,
-            Err(e) => return Outcome::Rejected(format!("cannot read the file: {e}")),
-        };
-        let bundle = match Bundle::from_bytes(path, &bytes, &self.keys, self.config.allow_unsigned)
-        {
-            Ok(b) => b,
-            Err(e) => return Outcome::Rejected(e.problem.to_string()),
+            Err(e) => match e.problem {
+                adaptivenet_onnx::bundle::BundleProblem::Io(io)
+                    if io.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    return Outcome::Gone
+                }
+                p => return Outcome::Rejected(p.to_string()),
+            },
         };
         let m = &bundle.manifest;
         if m.compatible != self.config.compatible {
@@ -286,7 +391,14 @@ impl Service {
             ));
         }
         let version = m.model.version;
-        let latest = self.latest();
+        // The newest installed version: the one in memory, or the floor
+        // file (which survives a damaged or lost bundle file).
+        let floor = self.state.floor().map(|f| f.version);
+        let latest = match (self.latest(), floor) {
+            (Some((sha, v)), Some(f)) => Some((sha, v.max(f))),
+            (None, Some(f)) => Some((String::new(), f)),
+            (l, None) => l,
+        };
         if latest
             .as_ref()
             .is_some_and(|(sha, _)| *sha == bundle.sha256)
@@ -310,6 +422,9 @@ impl Service {
             }
             (None, _) => {}
         }
+        if let Err(e) = self.check_sizes(&bundle) {
+            return Outcome::Rejected(e.to_string());
+        }
         // The oracle path must compile and run before the bundle is accepted.
         let oracle = m.oracle_subnet();
         let oracle_engine = match Engine::build(&bundle, &oracle) {
@@ -328,9 +443,15 @@ impl Service {
                 .unwrap_or_default(),
             installed_at: unix_now(),
         };
-        if let Err(e) = self.state.save_active(&bytes, &info) {
+        // Serving the previous slot: the active file failed its checks, and
+        // the previous one is kept as the fallback.
+        let rotate = self.shared.history().intake.slot == Slot::Active;
+        if let Err(e) = self.state.install(path, &info, rotate) {
             return Outcome::Rejected(format!("cannot persist it in state_dir: {e}"));
         }
+        self.shared.history().intake.slot = Slot::Active;
+        self.shared
+            .set_version_floor(self.state.floor().map(|f| f.version));
         self.set_latest(&bundle.sha256, version);
         let name = m.model.name.clone();
         log::info!(
@@ -480,7 +601,7 @@ impl Service {
     }
 }
 
-fn search_thread(svc: std::sync::Weak<Service>, rx: Receiver<SearchJob>) {
+fn search_thread(svc: std::sync::Weak<Service>, rx: &Receiver<SearchJob>) {
     while let Ok(mut job) = rx.recv() {
         // Only the newest queued bundle matters.
         while let Ok(next) = rx.try_recv() {
@@ -489,4 +610,77 @@ fn search_thread(svc: std::sync::Weak<Service>, rx: Receiver<SearchJob>) {
         let Some(svc) = svc.upgrade() else { return };
         svc.search_and_promote(job.bundle);
     }
+}
+
+/// Bytes of one f32 tensor of `dims`, or `None` if it overflows.
+fn tensor_bytes(dims: &[usize]) -> Option<u64> {
+    dims.iter()
+        .try_fold(4u64, |acc, &d| acc.checked_mul(d as u64))
+}
+
+/// See [`Service::check_sizes`]: the input item and every cut (at batch 1)
+/// fit `max_bytes`, and their shapes are those the graph gives.
+pub fn check_sizes(bundle: &Bundle, max_bytes: u64) -> Result<(), SizeError> {
+    check_sizes_inner(bundle, max_bytes).map_err(SizeError)
+}
+
+/// A bundle describes a tensor that is too large or a shape its graph does
+/// not have (the message names the manifest field).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SizeError(pub String);
+
+fn check_sizes_inner(bundle: &Bundle, max_bytes: u64) -> Result<(), String> {
+    let m = &bundle.manifest;
+    let cap = |at: &str, shape: &[adaptivenet_onnx::bundle::Dim]| -> Result<Vec<usize>, String> {
+        let text = adaptivenet_onnx::bundle::shape_string(shape);
+        let dims: Option<Vec<usize>> = shape.iter().skip(1).map(|d| d.fixed()).collect();
+        let dims =
+            dims.ok_or_else(|| format!("{at} {text}: every dim after the batch must be fixed"))?;
+        match tensor_bytes(&dims) {
+            Some(b) if b <= max_bytes => Ok(dims),
+            b => Err(format!(
+                "{at} {text}: one item takes {} bytes, more than the {max_bytes} allowed (config key `intake.max_tensor_mb`)",
+                b.map(|b| b.to_string()).unwrap_or_else(|| "more than 2^64".into())
+            )),
+        }
+    };
+    let item = cap("input.shape", &m.input.shape)?;
+    let mut cuts = Vec::with_capacity(m.cuts.len());
+    for c in &m.cuts {
+        cuts.push((c, cap(&format!("cuts[{}].shape", c.index), &c.shape)?));
+    }
+    // The sizes are bounded: now compare them with what the graph computes.
+    let graph = adaptivenet_onnx::facts::input_shape(&bundle.model, &m.input.name, 1)
+        .map_err(|e| format!("input.shape: {e}"))?;
+    if graph.get(1..) != Some(item.as_slice()) {
+        return Err(format!(
+            "input.shape {} differs from the graph's input `{}` {graph:?} (batch aside)",
+            adaptivenet_onnx::bundle::shape_string(&m.input.shape),
+            m.input.name
+        ));
+    }
+    let facts = adaptivenet_onnx::facts::infer_facts(&bundle.model, 1)
+        .map_err(|e| format!("cannot infer the graph's shapes: {e}"))?;
+    for (c, dims) in cuts {
+        match facts.tensors.get(&c.tensor) {
+            Some(f) if f.shape.get(1..) == Some(dims.as_slice()) => {}
+            Some(f) => {
+                return Err(format!(
+                    "cuts[{}].shape {} differs from the graph's `{}` {:?} (batch aside)",
+                    c.index,
+                    adaptivenet_onnx::bundle::shape_string(&c.shape),
+                    c.tensor,
+                    f.shape
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "cuts[{}]: the shape of `{}` cannot be inferred from the graph",
+                    c.index, c.tensor
+                ))
+            }
+        }
+    }
+    Ok(())
 }

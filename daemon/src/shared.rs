@@ -180,6 +180,27 @@ impl Shared {
         }
     }
 
+    /// The active bundle failed its checks at start and the previous slot
+    /// is served instead.
+    pub fn fell_back(&self, reason: &str) {
+        let mut h = self.history();
+        h.intake.slot = crate::status::Slot::Previous;
+        h.intake.fallbacks += 1;
+        h.intake.fallback_reason = Some(reason.to_string());
+    }
+
+    /// The downgrade floor in force.
+    pub fn set_version_floor(&self, version: Option<u64>) {
+        self.history().intake.version_floor = version;
+    }
+
+    /// A supervised thread panicked (and is restarted).
+    pub fn thread_panicked(&self, thread: &str, message: &str) {
+        let mut h = self.history();
+        h.intake.thread_restarts += 1;
+        h.intake.last_panic = Some(format!("{thread}: {message}"));
+    }
+
     pub fn set_search(&self, state: SearchState, sha: Option<&str>, message: Option<String>) {
         self.history().search = SearchStatus {
             state,

@@ -60,6 +60,37 @@ pub struct History {
     pub rejected: VecDeque<Rejected>,
     pub swaps: VecDeque<Swap>,
     pub search: SearchStatus,
+    pub intake: IntakeStatus,
+}
+
+/// Which installed copy of the bundle is served.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Slot {
+    /// The newest installed bundle (`active.bundle`).
+    #[default]
+    Active,
+    /// The one installed before it (`previous.bundle`): the active one
+    /// failed its checks at start.
+    Previous,
+}
+
+/// The health of bundle intake, for `/adaptation` (`intake`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct IntakeStatus {
+    /// The slot served since the last start.
+    pub slot: Slot,
+    /// Why the previous slot is served (when it is).
+    pub fallback_reason: Option<String>,
+    /// Starts that fell back to the previous slot (this process: 0 or 1).
+    pub fallbacks: u64,
+    /// The highest version ever installed (the downgrade floor).
+    pub version_floor: Option<u64>,
+    /// Panics of the supervised threads (watcher, search), each followed
+    /// by a restart of the thread.
+    pub thread_restarts: u64,
+    /// The last such panic: `thread: message`.
+    pub last_panic: Option<String>,
 }
 
 /// Why the adaptation loop acted (or noted something).

@@ -9,10 +9,15 @@
 //! - its size and mtime have not changed for `watch.settle_s` (the fallback
 //!   when no events are seen).
 //!
+//! A complete file whose tar is not whole yet (a writer that paused) is
+//! re-checked until it has been unchanged for `watch.settle_s`, and only
+//! then judged. A file that is judged is first claimed (renamed out of the
+//! folder, see [`crate::intake`]): the check reads only the claimed copy.
+//!
 //! Dotfiles, `*.tmp`, `*.part`, `*.partial`, `*.swp`, `*~` and directories are
-//! ignored. An accepted bundle is removed from the directory (its copy lives
-//! in `state_dir`); a rejected one is moved to `rejected/` next to a
-//! `.reason` file.
+//! ignored. An accepted bundle is removed (its copy lives in `state_dir`); a
+//! rejected one is moved to `rejected/` under a unique name next to a
+//! `.reason` file, and only the newest `watch.keep_rejected` are kept.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -23,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 
+use crate::intake::{self, Claim, STOPPED_WHILE_CHECKING};
 use crate::service::{Outcome, Service};
 use adaptivenet_onnx::fsutil::write_atomically;
 
@@ -193,6 +199,30 @@ impl DirWatch {
         ready
     }
 
+    /// How long the file has been unchanged (as far as the watch knows).
+    pub fn stable_for(&self, path: &Path) -> Duration {
+        let by_watch = self
+            .seen
+            .get(path)
+            .map(|e| e.since.elapsed())
+            .unwrap_or_default();
+        let by_mtime = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .unwrap_or(by_watch);
+        // A write not noticed yet still shows in the mtime.
+        by_watch.min(by_mtime)
+    }
+
+    /// The file is not complete yet after all: check it again once it has
+    /// been unchanged for `settle`.
+    pub fn defer(&mut self, path: &Path) {
+        if let Some(e) = self.seen.get_mut(path) {
+            e.complete = false;
+        }
+    }
+
     /// Forget a file (after it was handled).
     pub fn forget(&mut self, path: &Path) {
         self.seen.remove(path);
@@ -209,19 +239,37 @@ impl DirWatch {
     }
 }
 
-/// Move a rejected file to `rejected/` with a `.reason` file next to it.
-pub fn move_rejected(dir: &Path, path: &Path, reason: &str) -> std::io::Result<PathBuf> {
+/// A free name for `name` in `rejected/`: `name`, else `name.UNIXTIME`,
+/// else `name.UNIXTIME.K` (two rejections in one second never collide).
+fn unique_rejected(rejected: &Path, name: &str) -> PathBuf {
+    let taken = |p: &Path| p.exists() || PathBuf::from(format!("{}.reason", p.display())).exists();
+    let first = rejected.join(name);
+    if !taken(&first) {
+        return first;
+    }
+    let now = unix_now();
+    let second = rejected.join(format!("{name}.{now}"));
+    if !taken(&second) {
+        return second;
+    }
+    (1u64..)
+        .map(|k| rejected.join(format!("{name}.{now}.{k}")))
+        .find(|p| !taken(p))
+        .unwrap_or(second)
+}
+
+/// Move a rejected file to `rejected/` (under a unique name) with a
+/// `.reason` file next to it; `name` is the name it was dropped as. The
+/// reason is written first, so a rejected bundle never lacks one.
+pub fn move_rejected(
+    dir: &Path,
+    path: &Path,
+    name: &str,
+    reason: &str,
+) -> std::io::Result<PathBuf> {
     let rejected = dir.join(REJECTED_DIR);
     std::fs::create_dir_all(&rejected)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "bundle".into());
-    let mut dest = rejected.join(&name);
-    if dest.exists() {
-        dest = rejected.join(format!("{name}.{}", unix_now()));
-    }
-    std::fs::rename(path, &dest)?;
+    let dest = unique_rejected(&rejected, name);
     let text = format!(
         "{}\nfile: {name}\ntime: {}\nreason: {reason}\n",
         reason,
@@ -229,7 +277,53 @@ pub fn move_rejected(dir: &Path, path: &Path, reason: &str) -> std::io::Result<P
     );
     let reason_path = PathBuf::from(format!("{}.reason", dest.display()));
     write_atomically(&reason_path, text.as_bytes()).map_err(std::io::Error::other)?;
+    let moved = match std::fs::rename(path, &dest) {
+        // The claim folder may be on another file system than the drop folder.
+        Err(e) if e.raw_os_error() == Some(18) => {
+            adaptivenet_onnx::fsutil::copy_atomically(path, &dest)
+                .map_err(std::io::Error::other)
+                .and_then(|()| std::fs::remove_file(path))
+        }
+        other => other,
+    };
+    if let Err(e) = moved {
+        let _ = std::fs::remove_file(&reason_path);
+        return Err(e);
+    }
+    let _ = adaptivenet_onnx::fsutil::sync_dir(&rejected);
     Ok(dest)
+}
+
+/// Keep the newest `keep` rejected bundles (by the time of their `.reason`)
+/// and remove the others with their reasons.
+pub fn prune_rejected(dir: &Path, keep: usize) {
+    let rejected = dir.join(REJECTED_DIR);
+    let Ok(entries) = std::fs::read_dir(&rejected) else {
+        return;
+    };
+    let mut files: Vec<(SystemTime, PathBuf)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && !p.to_string_lossy().ends_with(".reason"))
+        .map(|p| {
+            let reason = PathBuf::from(format!("{}.reason", p.display()));
+            let t = std::fs::metadata(&reason)
+                .or_else(|_| std::fs::metadata(&p))
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            (t, p)
+        })
+        .collect();
+    if files.len() <= keep {
+        return;
+    }
+    files.sort();
+    let excess = files.len() - keep;
+    for (_, p) in files.into_iter().take(excess) {
+        log::info!("{}: removed (watch.keep_rejected is {keep})", p.display());
+        let _ = std::fs::remove_file(&p);
+        let _ = std::fs::remove_file(format!("{}.reason", p.display()));
+    }
 }
 
 /// Does an event kind change the folder (rather than only read it)?
@@ -242,41 +336,108 @@ fn is_change(kind: &EventKind) -> bool {
     }
 }
 
-/// Handle one complete file: verify and install it, or reject it.
+/// Is the tar at `path` whole (its headers, entries and end marker)? Reads
+/// the headers only.
+fn tar_is_whole(path: &Path) -> Result<(), String> {
+    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    adaptivenet_onnx::bundle::archive::index_entries(std::io::BufReader::new(f), len)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Reject a claimed bundle: into `rejected/` with its reason.
+fn reject_claim(svc: &Service, claim: &Claim, reason: &str) {
+    let dir = &svc.config.bundle_dir;
+    // Moved aside first, so the file and its `.reason` are in place by the
+    // time the rejection shows in `/adaptation`.
+    match move_rejected(dir, &claim.path, &claim.name, reason) {
+        Ok(dest) => log::info!("moved {} to {}", claim.name, dest.display()),
+        Err(e) => log::error!(
+            "{}: cannot move it to {REJECTED_DIR}/ ({e}); removing it",
+            claim.path.display()
+        ),
+    }
+    prune_rejected(dir, svc.config.watch.keep_rejected);
+    svc.shared.reject(&claim.name, reason);
+}
+
+/// Check and install a claimed bundle (its marker is written first), then
+/// clear the claim.
+fn check_claim(svc: &Service, claim: &Claim) {
+    if let Err(e) = claim.mark() {
+        log::error!("{}: cannot record the attempt: {e}", claim.path.display());
+    }
+    match svc.consider(&claim.path) {
+        Outcome::Accepted { .. } | Outcome::AlreadyInstalled | Outcome::Gone => {}
+        Outcome::Rejected(reason) => reject_claim(svc, claim, &reason),
+    }
+    claim.finish();
+}
+
+/// Handle one complete file: claim it, then verify and install it, or
+/// reject it.
 fn handle(svc: &Service, watch: &mut DirWatch, path: &Path) {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
     let dir = svc.config.bundle_dir.clone();
-    match svc.consider(path) {
-        Outcome::Accepted { .. } | Outcome::AlreadyInstalled => {
-            if let Err(e) = std::fs::remove_file(path) {
-                log::warn!(
-                    "{}: installed, but cannot remove it from the bundle directory: {e}",
-                    path.display()
+    // A writer that paused leaves a tar that is not whole yet: look again
+    // once it has been unchanged for `settle`.
+    if let Err(e) = tar_is_whole(path) {
+        let stable = watch.stable_for(path);
+        if stable < watch.settle {
+            log::info!(
+                "{}: not a whole bundle yet ({e}); checking again once unchanged for {:.1} s",
+                path.display(),
+                watch.settle.as_secs_f64()
+            );
+            watch.defer(path);
+            return;
+        }
+    }
+    let claim = match intake::claim(&svc.state.dir, &dir, path) {
+        Ok(Some(c)) => c,
+        Ok(None) => return watch.forget(path),
+        Err(e) => {
+            log::error!("{}: cannot claim it: {e}", path.display());
+            return watch.mark_stuck(path);
+        }
+    };
+    watch.forget(path);
+    check_claim(svc, &claim);
+}
+
+/// Deal with claims an earlier run left: one whose checks had started is
+/// rejected (never retried: it may be what stopped the daemon), unless it
+/// is the installed bundle; one never checked is checked now.
+pub fn recover(svc: &Service) {
+    // The installed files themselves (their records may lag behind them).
+    let installed: Vec<String> = [
+        svc.state.active_bundle_path(),
+        svc.state.previous_bundle_path(),
+    ]
+    .iter()
+    .filter_map(|p| adaptivenet_onnx::bundle::sha256_of_file(p).ok())
+    .collect();
+    for l in intake::leftovers(&svc.state.dir, &svc.config.bundle_dir) {
+        match (l.present, l.marked) {
+            (false, _) => {}
+            (true, false) => {
+                log::info!(
+                    "{}: claimed but not checked before a stop; checking it",
+                    l.claim.path.display()
                 );
-                watch.mark_stuck(path);
-            } else {
-                watch.forget(path);
+                check_claim(svc, &l.claim);
+                continue;
             }
-        }
-        Outcome::Rejected(reason) => {
-            // Move it aside first, so the file and its `.reason` are in place
-            // by the time the rejection shows in `/adaptation`.
-            match move_rejected(&dir, path, &reason) {
-                Ok(dest) => {
-                    log::info!("moved {} to {}", path.display(), dest.display());
-                    watch.forget(path);
-                }
-                Err(e) => {
-                    log::error!("{}: cannot move it to {REJECTED_DIR}/: {e}", path.display());
-                    watch.mark_stuck(path);
+            (true, true) => {
+                let sha = adaptivenet_onnx::bundle::sha256_of_file(&l.claim.path).ok();
+                if sha.is_some_and(|s| installed.contains(&s)) {
+                    log::info!("{}: was installed before the stop", l.claim.name);
+                } else {
+                    reject_claim(svc, &l.claim, STOPPED_WHILE_CHECKING);
                 }
             }
-            svc.shared.reject(&name, &reason);
         }
-        Outcome::Gone => watch.forget(path),
+        l.claim.finish();
     }
 }
 
@@ -290,6 +451,7 @@ pub fn run(svc: Arc<Service>, stop: Arc<AtomicBool>) {
     let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
     let w = &svc.config.watch;
     let poll = Duration::from_secs_f64(w.poll_interval_s);
+    recover(&svc);
     let mut watch = DirWatch::new(&dir, Duration::from_secs_f64(w.settle_s));
     let (tx, rx) = std::sync::mpsc::channel::<notify::Result<notify::Event>>();
     // Keep the watcher alive for the whole loop.

@@ -44,6 +44,37 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
+/// Copy the file `src` to `dst` atomically and durably (as
+/// [`write_atomically`], streaming: the file is never held in memory).
+pub fn copy_atomically(src: &Path, dst: &Path) -> Result<()> {
+    let dir = parent_dir(dst);
+    let name = dst
+        .file_name()
+        .ok_or_else(|| Error::io(dst, std::io::Error::other("not a file path")))?
+        .to_string_lossy()
+        .into_owned();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}{TEMP_MARK}c{}-{n}", std::process::id()));
+    let result = (|| {
+        let mut from = std::fs::File::open(src).map_err(|e| Error::io(src, e))?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io(&tmp, e))?;
+        std::io::copy(&mut from, &mut file).map_err(|e| Error::io(&tmp, e))?;
+        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        drop(file);
+        std::fs::rename(&tmp, dst).map_err(|e| Error::io(dst, e))?;
+        sync_dir(&dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// fsync a folder so that a rename in it is durable. File systems that
 /// cannot sync a folder (some FUSE and network mounts) are not an error.
 pub fn sync_dir(dir: &Path) -> Result<()> {

@@ -179,3 +179,21 @@ pub fn drop_bundle(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::write(&part, bytes).expect("write .part");
     std::fs::rename(&part, dir.join(name)).expect("rename");
 }
+
+/// The bundle `bytes` with its `manifest.yaml` text changed by `edit` and
+/// signed again with the demo key (the other files byte for byte): a
+/// correctly signed bundle whose manifest says what `edit` makes it say.
+pub fn resigned_with_manifest(bytes: &[u8], edit: impl FnOnce(&str) -> String) -> Vec<u8> {
+    let dir = TempDir::new("resign");
+    let src = dir.path().join("src.bundle");
+    std::fs::write(&src, bytes).expect("write the source bundle");
+    let mut b = Bundle::open(&src, &[], true).expect("open the source bundle");
+    let text = std::str::from_utf8(&b.manifest_bytes).expect("manifest text");
+    let edited = edit(text);
+    assert_ne!(edited, text, "the edit changed nothing");
+    b.manifest_bytes = edited.into_bytes();
+    let out = dir.path().join("out.bundle");
+    b.write_with_signature(&out, &sign(&demo_key(), &b.manifest_bytes))
+        .expect("write the re-signed bundle");
+    std::fs::read(&out).expect("read the re-signed bundle")
+}

@@ -24,7 +24,7 @@ pub use tempdir::TempDir;
 pub mod prelude {
     pub use crate::bundles::{
         badly_signed_bundle, corrupt_bundle, demo_key, demo_public_key, demo_sign, drop_bundle,
-        sign, signed_bundle, untrained_bundle, untrained_bundle_path,
+        resigned_with_manifest, sign, signed_bundle, untrained_bundle, untrained_bundle_path,
     };
     pub use crate::client::{Client, Response};
     pub use crate::daemon::{

@@ -626,6 +626,7 @@ pub async fn adaptation(
             "method": r.map(|r| r.method().to_string()),
             "elapsed_s": r.map(|r| r.search_seconds),
         },
+        "intake": h.intake,
         "bundle": active.as_ref().map(|a| json!({
             "name": a.name(),
             "version": a.version(),

@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod signature;
 
 use std::collections::BTreeMap;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -60,6 +61,10 @@ pub enum BundleProblem {
     ModelMismatch(String),
     #[error("cannot add `{name}`: {problem}")]
     BadFile { name: String, problem: String },
+    #[error("the file has {size} bytes, more than the {max} allowed (config key `max_bundle_mb`)")]
+    TooLarge { size: u64, max: u64 },
+    #[error("`{name}` has {size} bytes, more than the {max} allowed for it")]
+    EntryTooLarge { name: String, size: u64, max: u64 },
 }
 
 // Problems carry their cause in their message (no `source` chain), so a
@@ -151,13 +156,42 @@ pub struct Bundle {
 
 /// sha256 of bytes as lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(digest: &[u8]) -> String {
     let mut s = String::with_capacity(64);
     for b in digest {
         s.push_str(&format!("{b:02x}"));
     }
     s
 }
+
+/// sha256 (lowercase hex) of everything `reader` holds, read in chunks from
+/// the start (never held whole).
+pub fn sha256_of_reader<R: Read + Seek>(reader: &mut R) -> std::io::Result<String> {
+    reader.seek(std::io::SeekFrom::Start(0))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; archive::CHUNK];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+/// sha256 (lowercase hex) of a file, read in chunks.
+pub fn sha256_of_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    sha256_of_reader(&mut f)
+}
+
+/// Largest `manifest.yaml` or `manifest.sig` read (1 MiB): both are small
+/// text files, read before the signature is checked.
+pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 
 impl Bundle {
     /// Read and check the bundle at `path`. A signature is required unless
@@ -168,10 +202,32 @@ impl Bundle {
         trusted_keys: &[PublicKey],
         allow_unsigned: bool,
     ) -> Result<Bundle> {
+        Bundle::open_limited(path, trusted_keys, allow_unsigned, None)
+    }
+
+    /// [`Bundle::open`] with a size cap: a file larger than `max_bytes` is
+    /// refused from its size, before anything is read. The file is read
+    /// entry by entry (never whole): the tar headers, then `manifest.yaml`
+    /// and `manifest.sig`, which are verified before any other file is read;
+    /// the other files are hashed as they are read.
+    pub fn open_limited(
+        path: impl AsRef<Path>,
+        trusted_keys: &[PublicKey],
+        allow_unsigned: bool,
+        max_bytes: Option<u64>,
+    ) -> Result<Bundle> {
         let path = path.as_ref();
-        let bytes =
-            std::fs::read(path).map_err(|e| BundleError::new(path, BundleProblem::Io(e)))?;
-        Bundle::from_bytes(path, &bytes, trusted_keys, allow_unsigned)
+        let err = |p: BundleProblem| BundleError::new(path, p);
+        let file = std::fs::File::open(path).map_err(|e| err(BundleProblem::Io(e)))?;
+        let len = file
+            .metadata()
+            .map_err(|e| err(BundleProblem::Io(e)))?
+            .len();
+        if let Some(max) = max_bytes.filter(|m| len > *m) {
+            return Err(err(BundleProblem::TooLarge { size: len, max }));
+        }
+        let reader = std::io::BufReader::new(file);
+        Bundle::from_reader(path, reader, len, trusted_keys, allow_unsigned)
     }
 
     /// As [`Bundle::open`], for bytes already read; `path` names them in errors.
@@ -181,14 +237,46 @@ impl Bundle {
         trusted_keys: &[PublicKey],
         allow_unsigned: bool,
     ) -> Result<Bundle> {
-        let err = |p: BundleProblem| BundleError::new(path, p);
-        let mut files = archive::read_entries(bytes).map_err(|e| err(e.into()))?;
-        let manifest_bytes = files
-            .remove(MANIFEST_FILE)
-            .ok_or_else(|| err(BundleProblem::MissingFile(MANIFEST_FILE.into())))?;
-        let signature = files.remove(SIGNATURE_FILE);
+        let reader = std::io::Cursor::new(bytes);
+        Bundle::from_reader(
+            path,
+            reader,
+            bytes.len() as u64,
+            trusted_keys,
+            allow_unsigned,
+        )
+    }
 
-        // The signature first: nothing in an unverified manifest is trusted.
+    fn from_reader<R: Read + Seek>(
+        path: &Path,
+        mut reader: R,
+        len: u64,
+        trusted_keys: &[PublicKey],
+        allow_unsigned: bool,
+    ) -> Result<Bundle> {
+        let err = |p: BundleProblem| BundleError::new(path, p);
+        let index = archive::index_entries(&mut reader, len).map_err(|e| err(e.into()))?;
+        let small = |name: &str, reader: &mut R| -> Result<Option<Vec<u8>>> {
+            let Some(e) = index.iter().find(|e| e.name == name) else {
+                return Ok(None);
+            };
+            if e.size > MAX_MANIFEST_BYTES {
+                return Err(err(BundleProblem::EntryTooLarge {
+                    name: name.to_string(),
+                    size: e.size,
+                    max: MAX_MANIFEST_BYTES,
+                }));
+            }
+            archive::read_entry(reader, e, &mut Sha256::new())
+                .map(Some)
+                .map_err(|e| err(e.into()))
+        };
+        let manifest_bytes = small(MANIFEST_FILE, &mut reader)?
+            .ok_or_else(|| err(BundleProblem::MissingFile(MANIFEST_FILE.into())))?;
+        let signature = small(SIGNATURE_FILE, &mut reader)?;
+
+        // The signature first: nothing in an unverified manifest is trusted,
+        // and no other file is read before it verifies.
         let signature_status = match (&signature, trusted_keys.is_empty()) {
             (None, _) if allow_unsigned => SignatureStatus::Unsigned,
             (None, _) => return Err(err(BundleProblem::Unsigned)),
@@ -215,11 +303,26 @@ impl Bundle {
                 format!("files: `{SUPERNET_FILE}` must be listed"),
             ))));
         }
+        let others: Vec<&archive::EntryIndex> = index
+            .iter()
+            .filter(|e| e.name != MANIFEST_FILE && e.name != SIGNATURE_FILE)
+            .collect();
+        if let Some(extra) = others
+            .iter()
+            .find(|e| !manifest.files.contains_key(&e.name))
+        {
+            return Err(err(BundleProblem::UnlistedFile(extra.name.clone())));
+        }
+        let mut files = BTreeMap::new();
         for (name, expected) in &manifest.files {
-            let data = files
-                .get(name)
+            let entry = others
+                .iter()
+                .find(|e| &e.name == name)
                 .ok_or_else(|| err(BundleProblem::MissingFile(name.clone())))?;
-            let actual = sha256_hex(data);
+            let mut hasher = Sha256::new();
+            let data =
+                archive::read_entry(&mut reader, entry, &mut hasher).map_err(|e| err(e.into()))?;
+            let actual = hex(&hasher.finalize());
             if &actual != expected {
                 return Err(err(BundleProblem::Checksum {
                     file: name.clone(),
@@ -227,9 +330,7 @@ impl Bundle {
                     actual,
                 }));
             }
-        }
-        if let Some(extra) = files.keys().find(|k| !manifest.files.contains_key(*k)) {
-            return Err(err(BundleProblem::UnlistedFile(extra.clone())));
+            files.insert(name.clone(), data);
         }
 
         let origin = format!("{}:{SUPERNET_FILE}", path.display());
@@ -237,6 +338,7 @@ impl Bundle {
             .map_err(|e| err(BundleProblem::Model(e.to_string())))?;
         check_model_against_manifest(&model, &manifest)
             .map_err(|m| err(BundleProblem::ModelMismatch(m)))?;
+        let sha256 = sha256_of_reader(&mut reader).map_err(|e| err(BundleProblem::Io(e)))?;
 
         Ok(Bundle {
             path: path.to_path_buf(),
@@ -246,7 +348,7 @@ impl Bundle {
             signature_status,
             files,
             model,
-            sha256: sha256_hex(bytes),
+            sha256,
         })
     }
 
@@ -283,6 +385,19 @@ fn check_model_against_manifest(
             m.input.name
         ));
     }
+    if let Some(vi) = graph.input.iter().find(|v| v.name == m.input.name) {
+        check_declared_shape("input.shape", &m.input.shape, vi)?;
+    }
+    for c in &m.cuts {
+        if let Some(vi) = graph
+            .value_info
+            .iter()
+            .chain(&graph.output)
+            .find(|v| v.name == c.tensor)
+        {
+            check_declared_shape(&format!("cuts[{}].shape", c.index), &c.shape, vi)?;
+        }
+    }
     if !outputs.contains(m.output.name.as_str()) {
         return Err(format!(
             "output.name `{}` is not an output of the graph",
@@ -303,6 +418,67 @@ fn check_model_against_manifest(
                 "branch `{}` tensor `{}` is not an output of the graph",
                 b.id, b.tensor
             ));
+        }
+    }
+    Ok(())
+}
+
+/// A shape the manifest gives must equal the one the graph declares for the
+/// same tensor: same rank, same size on every axis after the batch (axis 0
+/// is the batch and may be symbolic on either side). A graph dimension that
+/// is symbolic (not the batch) is not compared; one the graph does not
+/// declare at all is not either (the daemon infers those before use).
+fn check_declared_shape(
+    at: &str,
+    shape: &[Dim],
+    vi: &tract_onnx::pb::ValueInfoProto,
+) -> std::result::Result<(), String> {
+    use tract_onnx::pb::tensor_shape_proto::dimension::Value as DimValue;
+    use tract_onnx::pb::type_proto;
+    let Some(type_proto::Value::TensorType(t)) = vi.r#type.as_ref().and_then(|t| t.value.as_ref())
+    else {
+        return Ok(());
+    };
+    let Some(declared) = t.shape.as_ref() else {
+        return Ok(());
+    };
+    let graph_dims: Vec<Option<i64>> = declared
+        .dim
+        .iter()
+        .map(|d| match d.value {
+            Some(DimValue::DimValue(v)) if v > 0 => Some(v),
+            _ => None,
+        })
+        .collect();
+    let text = |dims: &[Option<i64>]| {
+        format!(
+            "[{}]",
+            dims.iter()
+                .map(|d| d.map(|v| v.to_string()).unwrap_or_else(|| "?".into()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    if graph_dims.len() != shape.len() {
+        return Err(format!(
+            "{at} {} has {} dims but the graph's `{}` is {} ({} dims)",
+            shape_string(shape),
+            shape.len(),
+            vi.name,
+            text(&graph_dims),
+            graph_dims.len()
+        ));
+    }
+    for (axis, (m, g)) in shape.iter().zip(&graph_dims).enumerate().skip(1) {
+        if let (Some(g), m) = (g, m) {
+            if m.fixed() != Some(*g as usize) {
+                return Err(format!(
+                    "{at} {} differs from the graph's `{}` {} on axis {axis}",
+                    shape_string(shape),
+                    vi.name,
+                    text(&graph_dims)
+                ));
+            }
         }
     }
     Ok(())

@@ -482,3 +482,50 @@ fn public_key_files_are_checked() {
         .to_string()
         .contains("cannot read"));
 }
+
+#[test]
+fn a_signed_manifest_whose_input_shape_is_not_the_graphs_is_refused() {
+    let f = fixture("shape", true);
+    rewrite(&f.path, |e| {
+        let (_, data) = e.iter_mut().find(|(k, _)| k == MANIFEST_FILE).unwrap();
+        let mut m = Manifest::from_yaml(std::str::from_utf8(data).unwrap()).unwrap();
+        m.input.shape[2] = Dim::Fixed(1_000_000);
+        m.input.shape[3] = Dim::Fixed(1_000_000);
+        *data = m.to_yaml().unwrap().into_bytes();
+        let sig = demo_sign(data).unwrap();
+        let (_, s) = e.iter_mut().find(|(k, _)| k == SIGNATURE_FILE).unwrap();
+        *s = sig;
+    });
+    let err = open_err(&f.path, &[demo_pub()], false);
+    assert!(
+        err.contains("input.shape [N, 1, 1000000, 1000000] differs from the graph's"),
+        "{err}"
+    );
+}
+
+#[test]
+fn size_cap_and_signature_come_before_the_other_files() {
+    let f = fixture("cap", true);
+    let len = std::fs::metadata(&f.path).unwrap().len();
+    let e = Bundle::open_limited(&f.path, &[demo_pub()], false, Some(len - 1)).unwrap_err();
+    assert!(
+        matches!(e.problem, BundleProblem::TooLarge { size, .. } if size == len),
+        "{e}"
+    );
+    assert!(Bundle::open_limited(&f.path, &[demo_pub()], false, Some(len)).is_ok());
+    // A bad signature is reported even when a file is also damaged: the
+    // other files are not read before the signature verifies.
+    rewrite(&f.path, |e| {
+        let (_, data) = e.iter_mut().find(|(k, _)| k == SUPERNET_FILE).unwrap();
+        data[100] ^= 0xff;
+        let (_, m) = e.iter_mut().find(|(k, _)| k == MANIFEST_FILE).unwrap();
+        m.extend_from_slice(b"\n");
+    });
+    let err = open_err(&f.path, &[demo_pub()], false);
+    assert!(err.contains("manifest.sig does not match"), "{err}");
+    // The whole-file sha256 is that of the bytes on disk.
+    let g = fixture("sha", true);
+    let b = Bundle::open(&g.path, &[demo_pub()], false).unwrap();
+    assert_eq!(b.sha256, sha256_hex(&std::fs::read(&g.path).unwrap()));
+    assert_eq!(b.sha256, sha256_of_file(&g.path).unwrap());
+}
