@@ -641,8 +641,11 @@ fn check_config_prints_the_effective_config_or_names_the_bad_key() {
 #[test]
 fn demo_serves_and_prints_a_curl_example() {
     use std::io::Read;
+    // The demo's files are found from the current folder (the repository
+    // root for `cargo run`); cargo runs tests from `daemon/`, so name it.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_adaptived"))
         .args(["--demo", "--listen", "127.0.0.1:0"])
+        .env("ADAPTIVENET_DEMO_ROOT", repo())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -73,7 +73,7 @@ pub fn index_entries<R: Read + Seek>(
                 .map_err(|e| ArchiveError::Malformed(format!("entry name {e}")))?;
             let size = entry.size();
             let offset = entry.raw_file_position();
-            let end = offset.checked_add(size).unwrap_or(u64::MAX);
+            let end = offset.saturating_add(size);
             if end > len {
                 return Err(ArchiveError::Truncated(format!(
                     "entry `{name}` should have {size} bytes but the archive ends after {}",
