@@ -139,7 +139,7 @@ echo "board-smoke: $TARGET: $(file -b "$BIN" | cut -c1-120)"
 HP=$(free_port); start host "$HP" "$HOST_BIN"; HPID=$PID; drop_bundle host
 wait_ready host "$HP" "$HPID"; echo "board-smoke: x86_64 ready in ${READY_S}s"
 infer "$HP" "$W/host.json"
-kill -9 "$HPID"
+kill -9 "$HPID"; wait "$HPID" 2>/dev/null || true
 BP=$(free_port); start board "$BP" "${RUNNER[@]}" "$BIN"; BPID=$PID; drop_bundle board
 wait_ready board "$BP" "$BPID"; echo "board-smoke: $TARGET ready in ${READY_S}s (bundle dropped, verified, installed)"
 infer "$BP" "$W/board.json"
@@ -153,7 +153,7 @@ start board "$BP" "${RUNNER[@]}" "$BIN"; BPID=$PID
 wait_ready board "$BP" "$BPID"; echo "board-smoke: $TARGET after kill -9: ready again in ${READY_S}s (from state)"
 infer "$BP" "$W/board2.json"
 compare "$W/board.json" "$W/board2.json" "$TARGET after restart vs before"
-kill -9 "$BPID"
+kill -9 "$BPID"; wait "$BPID" 2>/dev/null || true
 
 # 3. search on 200 images, cache written (SEARCH=0 skips it).
 if [ "${SEARCH:-1}" = 0 ]; then echo "board-smoke: $TARGET: PASS (search skipped: SEARCH=0)"; exit 0; fi
