@@ -46,6 +46,7 @@ pub struct Config {
     pub watch: Watch,
     pub monitor: Monitor,
     pub intake: Intake,
+    pub server: Server,
 }
 
 impl Default for Config {
@@ -70,6 +71,7 @@ impl Default for Config {
             watch: Watch::default(),
             monitor: Monitor::default(),
             intake: Intake::default(),
+            server: Server::default(),
         }
     }
 }
@@ -343,6 +345,71 @@ impl Default for Monitor {
     }
 }
 
+/// The HTTP server's limits (`daemon/README.md`, "Server limits"). The
+/// defaults suit a board: `systemd/adaptived.service` sizes `LimitNOFILE=`
+/// and `MemoryMax=` from them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Connections served at once. A connection past it closes the oldest
+    /// connection that has no request in progress; when every connection
+    /// has one, it waits (unanswered, in the kernel's backlog) until one
+    /// ends or goes idle.
+    pub max_connections: usize,
+    /// Seconds a request head may take from its first byte to its last.
+    pub header_timeout_s: f64,
+    /// Seconds a connection may stay open with no request in progress and
+    /// no byte of a new one (a fresh connection too).
+    pub idle_timeout_s: f64,
+    /// Seconds a request body may take to arrive in full; past it the
+    /// answer is 408 and the connection is closed.
+    pub body_timeout_s: f64,
+    /// MiB of request bodies held at once across all connections; a request
+    /// whose body would exceed it gets 503.
+    pub max_inflight_mb: u64,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            max_connections: 64,
+            header_timeout_s: 10.0,
+            idle_timeout_s: 30.0,
+            body_timeout_s: 30.0,
+            max_inflight_mb: 64,
+        }
+    }
+}
+
+impl Server {
+    /// Check the values; the error is (key path, message).
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, m: String| Err((k.to_string(), m));
+        if self.max_connections == 0 || self.max_connections > 65_536 {
+            return bad(
+                "server.max_connections",
+                format!("{} must be between 1 and 65536", self.max_connections),
+            );
+        }
+        for (k, v) in [
+            ("server.header_timeout_s", self.header_timeout_s),
+            ("server.idle_timeout_s", self.idle_timeout_s),
+            ("server.body_timeout_s", self.body_timeout_s),
+        ] {
+            if !(v.is_finite() && (0.05..=3600.0).contains(&v)) {
+                return bad(k, format!("{v} must be between 0.05 and 3600 seconds"));
+            }
+        }
+        if self.max_inflight_mb == 0 || self.max_inflight_mb > 65_536 {
+            return bad(
+                "server.max_inflight_mb",
+                format!("{} must be between 1 and 65536", self.max_inflight_mb),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// A config that cannot be used; the message names the file, line and key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -491,6 +558,7 @@ impl Config {
             ("pin_version", self.pin_version != next.pin_version),
             ("watch", self.watch != next.watch),
             ("intake", self.intake != next.intake),
+            ("server", self.server != next.server),
         ]
         .into_iter()
         .filter_map(|(k, changed)| changed.then_some(k))
@@ -716,6 +784,7 @@ impl Config {
         if self.memory_budget_mb == 0 {
             return bad("memory_budget_mb", "must be at least 1".into());
         }
+        self.server.validate()?;
         let w = &self.watch;
         if !(w.poll_interval_s.is_finite()
             && w.poll_interval_s >= 0.05
@@ -931,5 +1000,50 @@ mod tests {
         let mut next = cur.clone();
         next.intake.max_bundle_mb = 1;
         assert_eq!(cur.reload(next).needs_restart, vec!["intake"]);
+    }
+
+    #[test]
+    fn server_limits_have_board_defaults_and_are_checked() {
+        let d = Config::default().server;
+        assert_eq!(d.max_connections, 64);
+        assert!(d.header_timeout_s <= 60.0 && d.idle_timeout_s <= 60.0);
+        let c =
+            parse("server:\n  max_connections: 300\n  idle_timeout_s: 2\n  max_inflight_mb: 8\n")
+                .unwrap();
+        assert_eq!(c.server.max_connections, 300);
+        assert_eq!(c.server.idle_timeout_s, 2.0);
+        assert_eq!(c.server.max_inflight_mb, 8);
+        assert_eq!(c.server.body_timeout_s, d.body_timeout_s);
+        for (text, key, line) in [
+            (
+                "server:\n  max_connections: 0\n",
+                "server.max_connections",
+                2,
+            ),
+            (
+                "server:\n  header_timeout_s: .nan\n",
+                "server.header_timeout_s",
+                2,
+            ),
+            ("server:\n  idle_timeout_s: 0\n", "server.idle_timeout_s", 2),
+            (
+                "server:\n  body_timeout_s: -1\n",
+                "server.body_timeout_s",
+                2,
+            ),
+            (
+                "server:\n  max_inflight_mb: 0\n",
+                "server.max_inflight_mb",
+                2,
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("`{key}`")) && e.contains(&format!("line {line}")),
+                "{e}"
+            );
+        }
+        let r = Config::default().reload(c);
+        assert_eq!(r.needs_restart, vec!["server"]);
     }
 }

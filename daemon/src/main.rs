@@ -190,7 +190,7 @@ fn serve(cli: &Cli) -> Result<()> {
             demo::print_help(d, &url, &active);
         }
         bound
-            .serve(router(state), systemd::shutdown_signal())
+            .serve(router(state), &config.server, systemd::shutdown_signal())
             .await
             .context("serving")?;
         log::info!("stopped");

@@ -62,6 +62,18 @@ impl Daemon {
     /// [`Daemon::start_env`] at a niceness (0: inherited); every thread of
     /// the daemon inherits it.
     pub fn start_niced(root: &Path, extra: &str, env: &[(&str, String)], nice: i32) -> Daemon {
+        Daemon::start_limited(root, extra, env, nice, None)
+    }
+
+    /// [`Daemon::start_niced`] with, when `nofile` is given, that limit on
+    /// open file descriptors (`RLIMIT_NOFILE`, soft and hard) for the daemon.
+    pub fn start_limited(
+        root: &Path,
+        extra: &str,
+        env: &[(&str, String)],
+        nice: i32,
+        nofile: Option<u64>,
+    ) -> Daemon {
         let bundle_dir = root.join("bundles");
         let state_dir = root.join("state");
         let config = root.join("config.yaml");
@@ -90,6 +102,23 @@ impl Daemon {
             unsafe {
                 cmd.pre_exec(move || {
                     if nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, nice) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs
+            // between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = nix::libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if nix::libc::setrlimit(nix::libc::RLIMIT_NOFILE, &lim) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                     Ok(())

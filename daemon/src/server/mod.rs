@@ -1,8 +1,11 @@
 //! The HTTP server: the KServe v2 / Open Inference Protocol routes, the
 //! adaptation status and Prometheus metrics, on TCP or a Unix socket.
 //! Inference runs on the bounded [`pool::WorkerPool`], never on the async
-//! threads.
+//! threads. [`Bound::serve`] runs the accept loop of [`conn`] (connection
+//! cap, header and idle timeouts) with the request-body budget of [`limits`].
 
+pub mod conn;
+pub mod limits;
 pub mod pool;
 pub mod v2;
 
@@ -12,7 +15,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::config::Listen;
+use crate::config::{Listen, Server};
 use crate::shared::Shared;
 use pool::WorkerPool;
 
@@ -62,25 +65,32 @@ pub fn router(state: AppState) -> Router {
 /// A bound listener.
 pub enum Bound {
     Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener, std::path::PathBuf),
+    Unix(tokio::net::UnixListener, UnixSocket),
 }
 
+/// A Unix socket this daemon owns: its path, the lock held beside it
+/// (`PATH.lock`) and the socket file's identity (removed on exit only if
+/// it is still this one).
+pub struct UnixSocket {
+    pub path: std::path::PathBuf,
+    _lock: std::fs::File,
+    id: (u64, u64),
+}
+
+/// The mode of the Unix socket: the service's user and group.
+pub const UNIX_SOCKET_MODE: u32 = 0o660;
+
 impl Bound {
-    /// Bind `listen` (a stale Unix socket file is replaced).
+    /// Bind `listen`. A Unix socket is created with mode 0660 whatever the
+    /// umask; a live one (another daemon holds its lock, or answers on it)
+    /// is never taken over: that is an error naming the socket. A stale
+    /// socket file (no listener) is replaced.
     pub async fn bind(listen: &Listen) -> std::io::Result<Bound> {
         match listen {
             Listen::Tcp(addr) => Ok(Bound::Tcp(tokio::net::TcpListener::bind(addr).await?)),
             Listen::Unix(path) => {
-                if let Ok(meta) = std::fs::symlink_metadata(path) {
-                    use std::os::unix::fs::FileTypeExt;
-                    if meta.file_type().is_socket() {
-                        std::fs::remove_file(path)?;
-                    }
-                }
-                Ok(Bound::Unix(
-                    tokio::net::UnixListener::bind(path)?,
-                    path.clone(),
-                ))
+                let (l, socket) = bind_unix(path)?;
+                Ok(Bound::Unix(l, socket))
             }
         }
     }
@@ -92,22 +102,150 @@ impl Bound {
                 .local_addr()
                 .map(|a| format!("http://{a}"))
                 .unwrap_or_else(|_| "http://?".into()),
-            Bound::Unix(_, p) => format!("unix:{}", p.display()),
+            Bound::Unix(_, s) => format!("unix:{}", s.path.display()),
         }
     }
 
-    /// Serve `app` until `shutdown` completes.
+    /// Serve `app` with the limits of `server` until `shutdown` completes;
+    /// requests in progress then get up to `server.body_timeout_s` to finish.
     pub async fn serve(
         self,
         app: Router,
+        server: &Server,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let secs = std::time::Duration::from_secs_f64;
+        let budget = limits::Limits::new(server.max_inflight_mb, secs(server.body_timeout_s));
+        let app = app.layer(axum::middleware::from_fn_with_state(budget, limits::guard));
+        let cl = conn::ConnLimits {
+            max_connections: server.max_connections,
+            header_timeout: secs(server.header_timeout_s),
+            idle_timeout: secs(server.idle_timeout_s),
+            shutdown_grace: secs(server.body_timeout_s),
+        };
         match self {
-            Bound::Tcp(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
-            Bound::Unix(l, path) => {
-                let r = axum::serve(l, app).with_graceful_shutdown(shutdown).await;
-                let _ = std::fs::remove_file(&path);
-                r
+            Bound::Tcp(l) => conn::serve(l, app, cl, shutdown).await,
+            Bound::Unix(l, socket) => {
+                let path = socket.path.clone();
+                conn::serve(l, app, cl, async move {
+                    shutdown.await;
+                    // Clients get "no such file" at once while requests finish.
+                    socket.remove();
+                })
+                .await;
+                log::debug!("unix socket {} closed", path.display());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn in_use(path: &std::path::Path, why: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!(
+            "unix socket {} is in use ({why}): another adaptived serves on it; refusing to start",
+            path.display()
+        ),
+    )
+}
+
+/// Bind a Unix socket at `path` (see [`Bound::bind`]): lock `PATH.lock`,
+/// refuse a live socket, bind under a temporary name, set the mode, rename
+/// into place (so the path never has a wider mode).
+fn bind_unix(path: &std::path::Path) -> std::io::Result<(tokio::net::UnixListener, UnixSocket)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("unix socket path {} has no file name", path.display()),
+        )
+    })?;
+    let sibling = |suffix: &str, prefix: &str| {
+        let mut n = std::ffi::OsString::from(prefix);
+        n.push(name);
+        n.push(suffix);
+        path.with_file_name(n)
+    };
+    let lock_path = sibling(".lock", "");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", lock_path.display())))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(in_use(path, &format!("{} is locked", lock_path.display())))
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("cannot lock {}: {e}", lock_path.display()),
+            ))
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(in_use(path, "a process accepts connections on it"));
+            }
+            log::info!("replacing the stale unix socket {}", path.display());
+            std::fs::remove_file(path)?;
+        }
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                ),
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let tmp = sibling(&format!(".{}.tmp", std::process::id()), ".");
+    let _ = std::fs::remove_file(&tmp);
+    fn bind_as(
+        tmp: &std::path::Path,
+        path: &std::path::Path,
+    ) -> std::io::Result<std::os::unix::net::UnixListener> {
+        use std::os::unix::fs::PermissionsExt;
+        let l = std::os::unix::net::UnixListener::bind(tmp)?;
+        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(UNIX_SOCKET_MODE))?;
+        std::fs::rename(tmp, path)?;
+        Ok(l)
+    }
+    let l = match bind_as(&tmp, path) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    let meta = std::fs::symlink_metadata(path)?;
+    l.set_nonblocking(true)?;
+    let l = tokio::net::UnixListener::from_std(l)?;
+    Ok((
+        l,
+        UnixSocket {
+            path: path.to_path_buf(),
+            _lock: lock,
+            id: (meta.dev(), meta.ino()),
+        },
+    ))
+}
+
+impl UnixSocket {
+    /// Remove the socket file if it is still the one this daemon bound.
+    fn remove(&self) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
+            if (m.dev(), m.ino()) == self.id {
+                let _ = std::fs::remove_file(&self.path);
             }
         }
     }

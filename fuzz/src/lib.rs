@@ -1,0 +1,70 @@
+//! The fuzzing entry points, one per target: each takes arbitrary bytes and
+//! must return without panicking (errors are the expected outcome). The
+//! cargo-fuzz targets in `fuzz/fuzz_targets/` call these, and
+//! `tests/tests/fuzz_corpus.rs` feeds them every committed corpus file so
+//! the seeds run in ordinary `cargo test`.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use adaptivenet_daemon::config::Config;
+use adaptivenet_onnx::bundle::{read_public_key, Bundle, PublicKey};
+use adaptivenet_onnx::model_io::decode_model;
+use adaptivenet_onnx::Oracle;
+
+/// The targets by name (the corpus folder of each is `fuzz/corpus/NAME`).
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("bundle", bundle),
+    ("config", config),
+    ("onnx_blocks", onnx_blocks),
+];
+
+/// The repository root (this file is included by crates one level below it).
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn demo_key() -> &'static [PublicKey] {
+    static KEY: OnceLock<Vec<PublicKey>> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let path = repo().join("tests/fixtures/keys/demo.pub");
+        match read_public_key(&path) {
+            Ok(k) => vec![k],
+            Err(e) => panic!("the demo public key {}: {e}", path.display()),
+        }
+    })
+}
+
+/// The bundle reader (tar, manifest, signature, checksums, supernet): as a
+/// device reads it (demo key trusted, signature required), and as a
+/// development setup does (no key, unsigned allowed), so a mutated manifest
+/// still reaches the manifest and file checks.
+pub fn bundle(data: &[u8]) {
+    let path = Path::new("fuzz.bundle");
+    let _ = Bundle::from_bytes(path, data, demo_key(), false);
+    let _ = Bundle::from_bytes(path, data, &[], true);
+}
+
+/// The config parser; a config that parses prints as YAML that parses back
+/// to the same config.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let path = Path::new("fuzz.yaml");
+    if let Ok(c) = Config::from_yaml(text, path) {
+        let printed = c.to_yaml();
+        match Config::from_yaml(&printed, path) {
+            Ok(back) => assert_eq!(back, c, "the printed config differs:\n{printed}"),
+            Err(e) => panic!("the printed config does not parse: {e}\n{printed}"),
+        }
+    }
+}
+
+/// ONNX decoding, validation, block detection and shape inference at batch
+/// 1 (`Oracle::from_model` runs `detect_blocks`).
+pub fn onnx_blocks(data: &[u8]) {
+    if let Ok(model) = decode_model(data, "fuzz.onnx") {
+        let _ = Oracle::from_model(model, "fuzz.onnx", None);
+    }
+}
