@@ -87,7 +87,7 @@ fn wait_all_closed(streams: &mut [TcpStream], within: Duration) -> Duration {
     let t = Instant::now();
     let mut open: Vec<usize> = (0..streams.len()).collect();
     while !open.is_empty() {
-        open.retain(|&i| !closed_by_server(&mut streams[i]));
+        open.retain(|&i| !closed_by_server(&streams[i]));
         assert!(
             t.elapsed() < within,
             "{} of {} connections still open after {within:?}",
