@@ -13,7 +13,7 @@ LIC_FILES_CHKSUM = "file://LICENSE-MIT;md5=315aad16083ab9df0d219a9bee94e14e \
 
 ADAPTIVENET_GIT_URI ?= "git://example.invalid/adaptivenet.git;protocol=https;branch=main"
 SRC_URI = "${ADAPTIVENET_GIT_URI};destsuffix=adaptivenet"
-SRCREV = "a1cf356c9d7ab5ad81cec8a67f17c1b4afcfb399"
+SRCREV = "26e790dde1584fd6ec52c183fa666d5b607dccd4"
 S = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}/adaptivenet"
 
 
