@@ -15,11 +15,19 @@ command -v minisign >/dev/null || need_apt+=(minisign)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 # timeout (coreutils): the adaptation tests bound their CPU hogs with it.
 command -v timeout >/dev/null || need_apt+=(coreutils)
+# promtool (Debian's prometheus package): the metrics test runs
+# `promtool check metrics` on a live daemon.
+command -v promtool >/dev/null || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 if ! python3 -c "import onnxruntime, onnx, numpy" 2>/dev/null; then
   python3 -m pip install -q --disable-pip-version-check onnxruntime onnx numpy
+fi
+# The stock Triton HTTP client: daemon/tests/kserve.rs drives a real daemon
+# with it (tests/scripts/triton_client.py).
+if ! python3 -c "import tritonclient.http" 2>/dev/null; then
+  python3 -m pip install -q --disable-pip-version-check 'tritonclient[http]'
 fi
 echo "install-deps: ok"
