@@ -218,7 +218,8 @@ pub struct OutputPlan {
     /// In the binary section (`binary_data`, else the request's
     /// `binary_data_output`).
     pub binary: bool,
-    /// Classification: the top `k` as `"score:index:label"` strings.
+    /// Classification (`classification`, as Triton's clients send it, or
+    /// `class_count`): the top `k` as `"score:index:label"` strings.
     pub class_count: Option<usize>,
 }
 
@@ -264,9 +265,16 @@ fn plan_outputs(dec: &Decoded) -> ApiResult<Vec<OutputPlan>> {
                 )))
             }
         };
-        let class_count = codec::param_usize(&o.parameters, "class_count")
-            .map_err(|e| ApiError::bad(format!("outputs[{i}].parameters.{e}")))?
-            .filter(|&k| k > 0);
+        // Triton's clients send `classification`; KServe documents `class_count`.
+        let mut class_count = None;
+        for key in ["classification", "class_count"] {
+            if let Some(k) = codec::param_usize(&o.parameters, key)
+                .map_err(|e| ApiError::bad(format!("outputs[{i}].parameters.{e}")))?
+            {
+                class_count = Some(k).filter(|&k| k > 0);
+                break;
+            }
+        }
         plans.push(OutputPlan {
             binary,
             class_count,
