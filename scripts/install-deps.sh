@@ -24,6 +24,9 @@ command -v mender >/dev/null || need_apt+=(mender-client)
 command -v swupdate >/dev/null || need_apt+=(swupdate)
 command -v cpio >/dev/null || need_apt+=(cpio)
 command -v openssl >/dev/null || need_apt+=(openssl)
+# promtool (Debian's prometheus package): the metrics test runs
+# `promtool check metrics` on a live daemon.
+command -v promtool >/dev/null || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
@@ -36,5 +39,10 @@ fi
 if command -v mender >/dev/null; then
   $SUDO install -D -m 0755 ota/mender/adaptivenet-bundle /usr/share/mender/modules/v3/adaptivenet-bundle
   [ -f /etc/mender/artifact_info ] || echo "artifact_name=adaptivenet-tests" | $SUDO tee /etc/mender/artifact_info >/dev/null
+fi
+# The stock Triton HTTP client: daemon/tests/kserve.rs drives a real daemon
+# with it (tests/scripts/triton_client.py).
+if ! python3 -c "import tritonclient.http" 2>/dev/null; then
+  python3 -m pip install -q --disable-pip-version-check 'tritonclient[http]'
 fi
 echo "install-deps: ok"

@@ -34,8 +34,9 @@ pub struct SignArgs {
     /// the ADAPTIVENET_KEY_PASSWORD environment variable).
     #[arg(long)]
     pub key: PathBuf,
-    /// Write the signed bundle here instead of replacing BUNDLE.
-    #[arg(short, long)]
+    /// Write the signed bundle here instead of replacing BUNDLE (`--out`
+    /// is accepted too).
+    #[arg(short, long = "output", alias = "out")]
     pub out: Option<PathBuf>,
 }
 

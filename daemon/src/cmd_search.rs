@@ -302,6 +302,7 @@ fn options(args: &SearchArgs) -> Options {
             Space::Shrink => Some(vec![BranchKind::Shrink]),
         },
         state_dir: args.state_dir.clone(),
+        progress: Some(adaptivenet_daemon::progress::terminal_hook()),
     }
 }
 

@@ -413,10 +413,12 @@ impl Server {
 /// A config that cannot be used; the message names the file, line and key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{}: cannot read the config: {source}", path.display())]
+    // The OS error is part of the message and not a `source`, so that an
+    // error chain prints it once.
+    #[error("{}: cannot read the config: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}: {message}", path.display())]
     Parse { path: PathBuf, message: String },
@@ -522,7 +524,7 @@ impl Config {
             Err(e) => {
                 return Err(ConfigError::Read {
                     path: path.to_path_buf(),
-                    source: e,
+                    error: e,
                 })
             }
         };
@@ -835,11 +837,31 @@ impl Config {
 
 /// A YAML error on one line with its location.
 fn yaml_error(e: &yaml_serde::Error) -> String {
-    let msg = e.to_string().replace('\n', " ");
+    let msg = plain_types(&e.to_string().replace('\n', " "));
     match e.location() {
         Some(loc) if !msg.contains("line") => format!("line {}: {msg}", loc.line()),
         _ => msg,
     }
+}
+
+/// Rust type names in serde's messages (`expected usize`) in plain words.
+fn plain_types(msg: &str) -> String {
+    let mut out = msg.to_string();
+    for (rust, plain) in [
+        ("expected usize", "expected a whole number (0 or more)"),
+        ("expected u64", "expected a whole number (0 or more)"),
+        ("expected u32", "expected a whole number (0 or more)"),
+        ("expected u16", "expected a whole number (0 or more)"),
+        ("expected u8", "expected a whole number (0 to 255)"),
+        ("expected i64", "expected a whole number"),
+        ("expected i32", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+    ] {
+        out = out.replace(rust, plain);
+    }
+    out
 }
 
 /// The 1-based line where the key path `a.b.c` is written in `text`: each
@@ -946,6 +968,7 @@ mod tests {
         let e = parse("listen: nowhere\n").unwrap_err().to_string();
         assert!(e.contains("listen") && e.contains("line 1"), "{e}");
         let e = parse("queue_depth: -1\n").unwrap_err().to_string();
+        assert!(!e.contains("usize") && e.contains("whole number"), "{e}");
         assert!(e.contains("line 1"), "{e}");
         let e = parse("worker_threads: 0\n").unwrap_err().to_string();
         assert!(

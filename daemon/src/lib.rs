@@ -9,6 +9,7 @@
 //!   [`monitor`] (board conditions), [`engine`] (a compiled subnet),
 //!   [`policy`] (which front point to serve), [`metrics`];
 //! - [`state`] (the state folder), [`shared`] (what the threads share);
+//! - [`progress`] (the search's progress in status and log);
 //! - [`service`] (bundle lifecycle and search thread), [`watcher`] (the
 //!   drop folder), [`adapt`] (the adaptation loop), [`server`] (HTTP),
 //!   [`systemd`] (notifications and signals), [`demo`] (`--demo`).
@@ -22,6 +23,7 @@ pub mod intake;
 pub mod metrics;
 pub mod monitor;
 pub mod policy;
+pub mod progress;
 pub mod server;
 pub mod service;
 pub mod shared;

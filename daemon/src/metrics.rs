@@ -37,6 +37,45 @@ pub struct Metrics {
     count: AtomicU64,
     sum_us: AtomicU64,
     recent: Mutex<VecDeque<f64>>,
+    /// Triton-style statistics of infer requests (`/v2/models/{name}/stats`).
+    pub infer: InferStats,
+}
+
+/// A count and a cumulative duration, ns.
+#[derive(Debug, Default)]
+pub struct Timed {
+    pub count: AtomicU64,
+    pub ns: AtomicU64,
+}
+
+impl Timed {
+    pub fn add(&self, ns: u64) {
+        self.count.fetch_add(1, Relaxed);
+        self.ns.fetch_add(ns, Relaxed);
+    }
+    /// `{"count": .., "ns": ..}` as Triton shows it.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({ "count": self.count.load(Relaxed), "ns": self.ns.load(Relaxed) })
+    }
+}
+
+/// Triton's inference statistics: successes and failures with their whole
+/// duration, and for successes the time queued, preparing the input (decode,
+/// check, preprocess), running the model and encoding the output.
+#[derive(Debug, Default)]
+pub struct InferStats {
+    pub success: Timed,
+    pub fail: Timed,
+    pub queue: Timed,
+    pub compute_input: Timed,
+    pub compute_infer: Timed,
+    pub compute_output: Timed,
+    /// Items inferred (sum of batch sizes).
+    pub inference_count: AtomicU64,
+    /// Model runs.
+    pub execution_count: AtomicU64,
+    /// Unix time of the last success, ms (0: never).
+    pub last_inference_ms: AtomicU64,
 }
 
 /// p50 and p95 of recent model runs, ms.
@@ -99,17 +138,15 @@ impl Metrics {
         }
     }
 
-    /// Prometheus text exposition.
+    /// Prometheus text exposition. Request metrics carry a `model` label:
+    /// the served model's name (`none` before the first one).
     pub fn render(&self, active: Option<(&str, u64, &str)>, in_flight: usize) -> String {
         let mut s = String::new();
-        let counter = |s: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
-        };
-        counter(
-            &mut s,
-            "adaptived_requests_total",
-            "Infer requests received.",
-            self.requests.load(Relaxed),
+        let model = escape(active.map(|a| a.0).unwrap_or("none"));
+        let _ = writeln!(
+            s,
+            "# HELP adaptived_requests_total Infer requests received.\n# TYPE adaptived_requests_total counter\nadaptived_requests_total{{model=\"{model}\"}} {}",
+            self.requests.load(Relaxed)
         );
         let _ = writeln!(
             s,
@@ -122,7 +159,7 @@ impl Metrics {
         ] {
             let _ = writeln!(
                 s,
-                "adaptived_request_failures_total{{reason=\"{reason}\"}} {}",
+                "adaptived_request_failures_total{{model=\"{model}\",reason=\"{reason}\"}} {}",
                 v.load(Relaxed)
             );
         }
@@ -133,21 +170,24 @@ impl Metrics {
         for (i, b) in BUCKETS.iter().enumerate() {
             let _ = writeln!(
                 s,
-                "adaptived_request_duration_seconds_bucket{{le=\"{b}\"}} {}",
+                "adaptived_request_duration_seconds_bucket{{model=\"{model}\",le=\"{b}\"}} {}",
                 self.buckets[i].load(Relaxed)
             );
         }
         let count = self.count.load(Relaxed);
         let _ = writeln!(
             s,
-            "adaptived_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+            "adaptived_request_duration_seconds_bucket{{model=\"{model}\",le=\"+Inf\"}} {count}"
         );
         let _ = writeln!(
             s,
-            "adaptived_request_duration_seconds_sum {}",
+            "adaptived_request_duration_seconds_sum{{model=\"{model}\"}} {}",
             self.sum_us.load(Relaxed) as f64 / 1e6
         );
-        let _ = writeln!(s, "adaptived_request_duration_seconds_count {count}");
+        let _ = writeln!(
+            s,
+            "adaptived_request_duration_seconds_count{{model=\"{model}\"}} {count}"
+        );
         let _ = writeln!(
             s,
             "# HELP adaptived_active_subnet The subnet being served (value 1).\n# TYPE adaptived_active_subnet gauge"
@@ -160,10 +200,13 @@ impl Metrics {
                 escape(subnet)
             );
         }
+        let counter = |s: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
         counter(
             &mut s,
             "adaptived_swaps_total",
-            "Swaps of the served model or subnet.",
+            "Swaps of a serving model for another model or subnet (the first load is not a swap).",
             self.swaps.load(Relaxed),
         );
         counter(
@@ -176,8 +219,90 @@ impl Metrics {
             s,
             "# HELP adaptived_requests_in_flight Infer requests queued or running.\n# TYPE adaptived_requests_in_flight gauge\nadaptived_requests_in_flight {in_flight}"
         );
+        render_process(&mut s);
         s
     }
+}
+
+/// The standard `process_*` metrics of this process, from `/proc/self`
+/// (left out where `/proc` cannot be read).
+pub fn render_process(s: &mut String) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the command (which may hold spaces) in parentheses.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        return;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> Option<f64> { f.get(n - 3)?.parse().ok() };
+    // SAFETY: sysconf only reads a system constant.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as f64;
+    let tick = if tick > 0.0 { tick } else { 100.0 };
+    let page = if page > 0.0 { page } else { 4096.0 };
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|t| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    });
+    let gauge = |s: &mut String, name: &str, kind: &str, help: &str, v: Option<f64>| {
+        if let Some(v) = v {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        }
+    };
+    gauge(
+        s,
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+        field(14).zip(field(15)).map(|(u, k)| (u + k) / tick),
+    );
+    gauge(
+        s,
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        field(24).map(|p| p * page),
+    );
+    gauge(
+        s,
+        "process_virtual_memory_bytes",
+        "gauge",
+        "Virtual memory size in bytes.",
+        field(23),
+    );
+    gauge(
+        s,
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+        boot.zip(field(22)).map(|(b, t)| b + t / tick),
+    );
+    gauge(
+        s,
+        "process_open_fds",
+        "gauge",
+        "Number of open file descriptors.",
+        std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|d| d.count() as f64),
+    );
+    let max_fds = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse::<f64>().ok())
+        });
+    gauge(
+        s,
+        "process_max_fds",
+        "gauge",
+        "Maximum number of open file descriptors.",
+        max_fds,
+    );
 }
 
 /// The adaptation loop's part of `/metrics`: decisions by reason, the
@@ -194,10 +319,10 @@ pub fn render_adaptation(s: &mut String, a: &AdaptStatus) {
             a.counts.get(&kind).copied().unwrap_or(0)
         );
     }
+    // Every gauge is always present; NaN while its value is unknown.
     let gauge = |s: &mut String, name: &str, help: &str, v: Option<f64>| {
-        if let Some(v) = v {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        }
+        let v = v.filter(|v| v.is_finite()).unwrap_or(f64::NAN);
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     };
     let e = &a.environment;
     gauge(
@@ -214,21 +339,21 @@ pub fn render_adaptation(s: &mut String, a: &AdaptStatus) {
     );
     gauge(
         s,
-        "adaptived_budget_ms",
-        "Latency budget in force, ms.",
-        a.budget_ms,
+        "adaptived_budget_seconds",
+        "Latency budget in force, seconds.",
+        a.budget_ms.map(|ms| ms / 1e3),
     );
     gauge(
         s,
-        "adaptived_cpu_other_percent",
-        "CPU use of other processes, percent of all CPUs.",
-        e.cpu_other_pct,
+        "adaptived_cpu_other_ratio",
+        "CPU use of other processes, as a fraction of all CPUs (0 to 1).",
+        e.cpu_other_pct.map(|p| p / 100.0),
     );
     gauge(
         s,
-        "adaptived_memory_available_mb",
-        "Available memory, MiB.",
-        e.mem_available_mb.map(|m| m as f64),
+        "adaptived_memory_available_bytes",
+        "Available memory, bytes.",
+        e.mem_available_mb.map(|m| m as f64 * 1024.0 * 1024.0),
     );
     gauge(
         s,
@@ -278,16 +403,22 @@ mod tests {
         m.observe_request(0.003);
         let t = m.render(Some(("m", 2, "b0 b1")), 0);
         assert!(
-            t.contains("adaptived_request_duration_seconds_bucket{le=\"0.005\"} 1"),
+            t.contains("adaptived_request_duration_seconds_bucket{model=\"m\",le=\"0.005\"} 1"),
             "{t}"
         );
         assert!(
-            t.contains("adaptived_request_duration_seconds_bucket{le=\"0.002\"} 0"),
+            t.contains("adaptived_request_duration_seconds_bucket{model=\"m\",le=\"0.002\"} 0"),
             "{t}"
         );
         assert!(
             t.contains("adaptived_active_subnet{model=\"m\",version=\"2\",subnet=\"b0 b1\"} 1"),
             "{t}"
         );
+        assert!(t.contains("process_resident_memory_bytes "), "{t}");
+        assert!(t.contains("process_open_fds "), "{t}");
+        let mut a = String::new();
+        render_adaptation(&mut a, &AdaptStatus::default());
+        assert!(a.contains("adaptived_contention_factor NaN"), "{a}");
+        assert!(a.contains("adaptived_budget_seconds NaN"), "{a}");
     }
 }

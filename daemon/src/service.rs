@@ -552,6 +552,8 @@ impl Service {
         let options = adaptivenet_search::Options {
             threads: self.config.worker_threads.max(1),
             state_dir: Some(self.state.dir.clone()),
+            // Progress into /adaptation and the log (issue 14).
+            progress: Some(crate::progress::hook(self.shared.clone())),
             ..Default::default()
         };
         let data = match self.config.validation_data.as_ref() {

@@ -118,9 +118,12 @@ impl Shared {
             "serving {to} (was {}): {reason}",
             from.as_deref().unwrap_or("nothing")
         );
-        self.metrics
-            .swaps
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A swap replaces a serving model; the first load is not one.
+        if from.is_some() {
+            self.metrics
+                .swaps
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         self.metrics.clear_recent();
         let mut h = self.history();
         h.swaps.push_back(Swap {
@@ -206,6 +209,7 @@ impl Shared {
             state,
             bundle_sha256: sha.map(str::to_string),
             message,
+            progress: None,
         };
     }
 }

@@ -52,6 +52,24 @@ pub struct SearchStatus {
     /// The bundle being (or last) searched.
     pub bundle_sha256: Option<String>,
     pub message: Option<String>,
+    /// Where a running search is (none when idle).
+    pub progress: Option<SearchProgress>,
+}
+
+/// A running search's progress, as `/adaptation` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SearchProgress {
+    pub phase: adaptivenet_search::Phase,
+    /// The phase in words.
+    pub doing: String,
+    pub done: u64,
+    pub total: u64,
+    /// `done / total` in percent.
+    pub percent: f64,
+    /// Seconds since the search started.
+    pub elapsed_s: f64,
+    /// Seconds left in the evaluation, estimated from its pace so far.
+    pub eta_s: Option<f64>,
 }
 
 /// Intake and search history.

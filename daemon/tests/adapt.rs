@@ -735,7 +735,7 @@ fn twenty_swaps_by_sighup_under_4_clients_fail_no_request() {
     for needle in [
         "adaptived_contention_factor",
         "adaptived_hardware_factor",
-        "adaptived_budget_ms",
+        "adaptived_budget_seconds",
         "adaptived_config_reloads_total{result=\"ok\"}",
     ] {
         assert!(metrics.contains(needle), "no `{needle}` in:\n{metrics}");

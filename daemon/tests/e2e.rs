@@ -474,7 +474,7 @@ fn protocol_endpoints_and_malformed_requests() {
     let metrics = c.get("/metrics").unwrap().text();
     for needle in [
         "adaptived_requests_total",
-        "adaptived_request_failures_total{reason=\"bad_request\"} 11",
+        "adaptived_request_failures_total{model=\"fmnist-resnet\",reason=\"bad_request\"} 11",
         "adaptived_request_duration_seconds_bucket",
         "adaptived_active_subnet{model=\"fmnist-resnet\",version=\"1\",subnet=\"b0 b1 b2 b3 b4 b5 b6 b7 b8\"} 1",
         "adaptived_swaps_total",
@@ -533,7 +533,7 @@ fn a_full_queue_answers_503() {
     let metrics = d.client().get("/metrics").unwrap().text();
     assert!(
         metrics.contains(&format!(
-            "adaptived_request_failures_total{{reason=\"busy\"}} {busy}"
+            "adaptived_request_failures_total{{model=\"fmnist-resnet\",reason=\"busy\"}} {busy}"
         )),
         "{metrics}"
     );
@@ -727,4 +727,54 @@ fn demo_serves_and_prints_a_curl_example() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!demo_dir.exists(), "{} left behind", demo_dir.display());
+}
+
+#[test]
+fn the_example_config_passes_check_config_once_its_key_exists() {
+    let tmp = TempDir::new("example");
+    let example = std::fs::read_to_string(repo().join("systemd/config.yaml.example")).unwrap();
+    assert!(
+        example.lines().take(6).any(|l| l.contains("check-config")),
+        "the example's first lines should say how it passes check-config"
+    );
+    // The shipped key path, pointed at the demo key.
+    let text = example.replace(
+        "/etc/adaptivenet/keys/release.pub",
+        &demo_pub().display().to_string(),
+    );
+    let file = tmp.path().join("config.yaml");
+    std::fs::write(&file, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_adaptived"))
+        .args(["check-config", "--config", &file.display().to_string()])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A missing config: the OS error is printed once.
+    let missing = tmp.path().join("nope.yaml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_adaptived"))
+        .args(["check-config", "--config", &missing.display().to_string()])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+    // Type errors in plain words.
+    std::fs::write(&file, "queue_depth: many\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_adaptived"))
+        .args(["check-config", "--config", &file.display().to_string()])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("whole number") && !stderr.contains("usize"),
+        "{stderr}"
+    );
 }

@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::error::{invalid, Result, SearchError};
@@ -28,6 +28,7 @@ use adaptivenet_onnx::bundle::{BranchId, SubnetId};
 use adaptivenet_onnx::dataset::{argmax_rows, Dataset};
 use adaptivenet_onnx::tract_onnx::prelude::Tensor;
 
+use crate::progress::{self, Phase, ProgressHook};
 use crate::{SpanPlans, Supernet};
 
 /// A trie of subnets.
@@ -122,6 +123,9 @@ pub struct Evaluator {
     pub labelled: bool,
     pub threads: usize,
     cache_bound: usize,
+    /// Progress reports: distinct subnets evaluated of those expected.
+    progress: Option<ProgressHook>,
+    expected: AtomicU64,
 }
 
 impl Evaluator {
@@ -181,6 +185,8 @@ impl Evaluator {
             labelled: data.labels.is_some(),
             threads,
             cache_bound: threads * batch * (cuts + largest) * 4,
+            progress: None,
+            expected: AtomicU64::new(0),
         };
         ev.reference = match &data.labels {
             Some(l) => l.clone(),
@@ -208,6 +214,23 @@ impl Evaluator {
     }
 
     /// Upper bound of the memory held by cached cut tensors, bytes.
+    /// Report progress to `hook` (distinct subnets evaluated).
+    pub fn set_progress(&mut self, hook: Option<ProgressHook>) {
+        self.progress = hook;
+    }
+
+    /// The strategy will evaluate about `n` distinct subnets.
+    pub fn expect_subnets(&self, n: u64) {
+        self.expected.store(n, Ordering::Relaxed);
+        progress::report(&self.progress, Phase::Evaluate, 0, n);
+    }
+
+    /// `done` distinct subnets are evaluated.
+    pub fn evaluated_subnets(&self, done: u64) {
+        let total = self.expected.load(Ordering::Relaxed).max(done);
+        progress::report(&self.progress, Phase::Evaluate, done, total);
+    }
+
     pub fn cache_bound_bytes(&self) -> usize {
         self.cache_bound
     }

@@ -15,6 +15,7 @@ use crate::accuracy::Evaluator;
 use crate::cache::{self, CacheKey, SearchResult};
 use crate::front::{choose, Choice, FrontPoint};
 use crate::latency::{self, TimingOptions};
+use crate::progress::{self, Phase, ProgressHook};
 use crate::strategy::{self, SearchParams};
 use crate::Supernet;
 
@@ -33,6 +34,8 @@ pub struct Options {
     pub kinds: Option<Vec<BranchKind>>,
     /// Where results are cached (`None`: no cache).
     pub state_dir: Option<PathBuf>,
+    /// Called with the search's progress (phase, done, total).
+    pub progress: Option<ProgressHook>,
 }
 
 impl Default for Options {
@@ -47,6 +50,7 @@ impl Default for Options {
             params: SearchParams::default(),
             kinds: None,
             state_dir: None,
+            progress: None,
         }
     }
 }
@@ -145,12 +149,15 @@ pub fn search(bundle: &Bundle, data: &Dataset, options: &Options) -> Result<Sear
         data.len(),
         threads
     );
+    progress::report(&options.progress, Phase::Latency, 0, 1);
     let (table, plans1) = latency::measure(&net, &input, options.timing)?;
+    progress::report(&options.progress, Phase::Latency, 1, 1);
     log::info!(
         "latency table: {} parts in {:.1} s",
         table.branch_ms.len() + 2,
         table.seconds
     );
+    progress::report(&options.progress, Phase::Check, 0, 1);
     let check = latency::check(
         &net,
         &table,
@@ -168,7 +175,9 @@ pub fn search(bundle: &Bundle, data: &Dataset, options: &Options) -> Result<Sear
         check.rows.len(),
         oracle_ms
     );
-    let ev = Evaluator::new(&net, data, options.eval_batch, threads)?;
+    progress::report(&options.progress, Phase::Check, 1, 1);
+    let mut ev = Evaluator::new(&net, data, options.eval_batch, threads)?;
+    ev.set_progress(options.progress.clone());
     let look = table.lookup();
     let outcome = strategy::search(&net, &look, &ev, &options.params)?;
     let oracle = net.oracle();
@@ -178,7 +187,10 @@ pub fn search(bundle: &Bundle, data: &Dataset, options: &Options) -> Result<Sear
         .find(|p| p.subnet == oracle && p.images == data.len() as u64)
     {
         Some(p) => p.accuracy,
-        None => ev.evaluate(std::slice::from_ref(&oracle), 0..ev.batches())?[0].accuracy(),
+        None => {
+            progress::report(&options.progress, Phase::Oracle, 0, 1);
+            ev.evaluate(std::slice::from_ref(&oracle), 0..ev.batches())?[0].accuracy()
+        }
     };
     log::info!(
         "{}: {} subnets evaluated, front of {} in {:.1} s (prefix tree: {} plan runs instead of {})",

@@ -346,6 +346,7 @@ impl<'a> Archive<'a> {
                 }
             }
         }
+        self.ev.evaluated_subnets(self.order.len() as u64);
         Ok(())
     }
     fn point(&self, s: &SubnetId) -> FrontPoint {
@@ -375,6 +376,10 @@ pub fn search(
         StrategyKind::Auto => StrategyKind::Evolutionary,
         k => k,
     };
+    ev.expect_subnets(match kind {
+        StrategyKind::Exhaustive => u64::try_from(count).unwrap_or(u64::MAX),
+        _ => u64::try_from(count.min(params.max_evals as u128)).unwrap_or(u64::MAX),
+    });
     match kind {
         StrategyKind::Exhaustive => {
             if count > 200_000 {

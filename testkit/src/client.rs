@@ -93,11 +93,32 @@ impl Client {
         path: &str,
         body: Option<&[u8]>,
     ) -> std::io::Result<Response> {
-        match self.try_request(method, path, body) {
+        self.request_with(method, path, &[], body)
+    }
+
+    /// POST with extra headers (`Content-Type` defaults to JSON).
+    pub fn post_with(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        self.request_with("POST", path, headers, Some(body))
+    }
+
+    /// [`Client::request`] with extra headers.
+    pub fn request_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> std::io::Result<Response> {
+        match self.try_request(method, path, headers, body) {
             Ok(r) => Ok(r),
             Err(_) if self.conn.is_some() => {
                 self.conn = None;
-                self.try_request(method, path, body)
+                self.try_request(method, path, headers, body)
             }
             Err(e) => Err(e),
         }
@@ -107,17 +128,24 @@ impl Client {
         &mut self,
         method: &str,
         path: &str,
+        headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> std::io::Result<Response> {
         let host = self.addr;
         let conn = self.connect()?;
         let mut head =
             format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: adaptived-test\r\n");
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
         if let Some(b) = body {
-            head.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                b.len()
-            ));
+            if !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            {
+                head.push_str("Content-Type: application/json\r\n");
+            }
+            head.push_str(&format!("Content-Length: {}\r\n", b.len()));
         }
         head.push_str("\r\n");
         let s = conn.get_mut();

@@ -29,11 +29,14 @@ use crate::interp::Interpreter;
 /// text, so they keep plain `[START:END]`).
 #[allow(rustdoc::broken_intra_doc_links)]
 #[derive(Args)]
+#[command(
+    override_usage = "adaptivenet elastify <ORACLE> --data <DATA> --output <OUTPUT> [OPTIONS]\n       adaptivenet elastify --print-default-spec"
+)]
 pub struct ElastifyArgs {
-    /// The oracle (pretrained ONNX model).
+    /// Required: the oracle (pretrained ONNX model).
     #[arg(required_unless_present = "print_default_spec")]
     pub oracle: Option<PathBuf>,
-    /// Training data: idx:IMAGES,LABELS | npy:TENSOR,LABELS | folder:DIR, optionally [START:END].
+    /// Required: training data: idx:IMAGES,LABELS | npy:TENSOR,LABELS | folder:DIR, optionally [START:END].
     #[arg(long, required_unless_present = "print_default_spec")]
     pub data: Option<String>,
     /// The elastify.yaml spec (defaults for every key not given).
@@ -42,7 +45,7 @@ pub struct ElastifyArgs {
     /// Print the default spec and exit.
     #[arg(long)]
     pub print_default_spec: bool,
-    /// Where to write the bundle.
+    /// Required: where to write the bundle.
     #[arg(short, long, required_unless_present = "print_default_spec")]
     pub output: Option<PathBuf>,
     /// minisign secret key to sign the manifest (unsigned without).

@@ -4,9 +4,12 @@
 //! threads. [`Bound::serve`] runs the accept loop of [`conn`] (connection
 //! cap, header and idle timeouts) with the request-body budget of [`limits`].
 
+pub mod codec;
 pub mod conn;
 pub mod limits;
+pub mod page;
 pub mod pool;
+pub mod triton;
 pub mod v2;
 
 use std::sync::Arc;
@@ -36,6 +39,7 @@ pub struct AppState {
 /// All routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(page::status_page))
         .route("/v2", get(v2::server_metadata))
         .route("/v2/health/live", get(v2::live))
         .route("/v2/health/ready", get(v2::ready))
@@ -44,6 +48,25 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/models/{name}/ready", get(v2::model_ready))
         .route("/v2/models/{name}/infer", post(v2::infer))
         .route("/v2/models/{name}/adaptation", get(v2::adaptation))
+        .route("/v2/models/stats", get(triton::all_stats))
+        .route("/v2/models/{name}/stats", get(triton::model_stats))
+        .route("/v2/models/{name}/config", get(triton::model_config))
+        .route(
+            "/v2/models/{name}/versions/{version}/stats",
+            get(triton::model_stats_v),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/config",
+            get(triton::model_config_v),
+        )
+        .route(
+            "/v2/repository/models/{name}/load",
+            post(triton::repository_change),
+        )
+        .route(
+            "/v2/repository/models/{name}/unload",
+            post(triton::repository_change),
+        )
         .route(
             "/v2/models/{name}/versions/{version}",
             get(v2::model_metadata_v),

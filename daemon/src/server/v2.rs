@@ -3,7 +3,6 @@
 //! served bundle's input spec; a malformed request gets a 400 with a JSON
 //! `{"error": "..."}` that names the problem.
 
-use std::fmt;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,13 +10,12 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::de::{DeserializeSeed, SeqAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
+use super::codec::{self, Decoded, InputData, Output, OutputData, WireHeaders};
 use super::AppState;
 use crate::shared::Active;
 
@@ -38,7 +36,7 @@ impl ApiError {
             message: msg.into(),
         }
     }
-    fn new(status: StatusCode, msg: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, msg: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: msg.into(),
@@ -62,7 +60,7 @@ fn no_model() -> ApiError {
 }
 
 /// The active model if `name` (and `version`, when given) names it.
-fn model_named(st: &AppState, name: &str, version: Option<&str>) -> ApiResult<Arc<Active>> {
+pub fn model_named(st: &AppState, name: &str, version: Option<&str>) -> ApiResult<Arc<Active>> {
     let active = st.shared.current().ok_or_else(no_model)?;
     if active.name() != name {
         return Err(ApiError::new(
@@ -95,7 +93,14 @@ pub async fn server_metadata() -> Json<Value> {
     Json(json!({
         "name": "adaptived",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["model_repository", "adaptation", "metrics"],
+        "extensions": [
+            "binary_tensor_data",
+            "classification",
+            "statistics",
+            "model_configuration",
+            "adaptation",
+            "metrics",
+        ],
     }))
 }
 
@@ -191,100 +196,6 @@ pub async fn not_found() -> ApiError {
 // Infer
 // ---------------------------------------------------------------------------
 
-/// The v2 infer request (unknown keys are ignored, as the protocol allows
-/// extensions).
-#[derive(Deserialize)]
-struct InferRequest {
-    #[serde(default)]
-    id: Option<Value>,
-    inputs: Vec<InferInput>,
-    #[serde(default)]
-    outputs: Option<Vec<RequestedOutput>>,
-}
-
-#[derive(Deserialize)]
-struct InferInput {
-    name: String,
-    shape: Vec<i64>,
-    datatype: String,
-    #[serde(default)]
-    parameters: Option<serde_json::Map<String, Value>>,
-    data: Flat,
-}
-
-#[derive(Deserialize)]
-struct RequestedOutput {
-    name: String,
-}
-
-/// Tensor data, flat or nested arrays of numbers, flattened row-major.
-struct Flat(Vec<f64>);
-
-const MAX_NESTING: usize = 16;
-
-struct FlatVisitor<'a> {
-    out: &'a mut Vec<f64>,
-    depth: usize,
-}
-
-impl<'de> Visitor<'de> for FlatVisitor<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("numbers, as a flat or nested array")
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
-        self.out.push(v);
-        Ok(())
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
-        self.out.push(v as f64);
-        Ok(())
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
-        self.out.push(v as f64);
-        Ok(())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        if self.depth > MAX_NESTING {
-            return Err(serde::de::Error::custom("`data` is nested too deeply"));
-        }
-        while seq
-            .next_element_seed(FlatSeed {
-                out: &mut *self.out,
-                depth: self.depth + 1,
-            })?
-            .is_some()
-        {}
-        Ok(())
-    }
-}
-
-struct FlatSeed<'a> {
-    out: &'a mut Vec<f64>,
-    depth: usize,
-}
-
-impl<'de> DeserializeSeed<'de> for FlatSeed<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(FlatVisitor {
-            out: self.out,
-            depth: self.depth,
-        })
-    }
-}
-
-impl<'de> Deserialize<'de> for Flat {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Flat, D::Error> {
-        let mut out = Vec::new();
-        d.deserialize_any(FlatVisitor {
-            out: &mut out,
-            depth: 0,
-        })?;
-        Ok(Flat(out))
-    }
-}
-
 /// A checked input, ready for the model.
 pub enum Batch {
     F32 { n: usize, data: Vec<f32> },
@@ -302,6 +213,23 @@ impl Batch {
     }
 }
 
+/// One output the client asked for.
+pub struct OutputPlan {
+    /// In the binary section (`binary_data`, else the request's
+    /// `binary_data_output`).
+    pub binary: bool,
+    /// Classification (`classification`, as Triton's clients send it, or
+    /// `class_count`): the top `k` as `"score:index:label"` strings.
+    pub class_count: Option<usize>,
+}
+
+/// A request checked against the model.
+pub struct Checked {
+    pub id: Option<Value>,
+    pub batch: Batch,
+    pub outputs: Vec<OutputPlan>,
+}
+
 fn shape_text(s: &[i64]) -> String {
     format!(
         "[{}]",
@@ -312,23 +240,55 @@ fn shape_text(s: &[i64]) -> String {
     )
 }
 
-/// Check a request against the served model's input spec.
-fn check_request(
-    req: InferRequest,
-    a: &Active,
-    max_batch: usize,
-) -> ApiResult<(Option<Value>, Batch)> {
-    let m = &a.bundle.manifest;
-    let item: Vec<i64> = a.engine.item_shape.iter().map(|&d| d as i64).collect();
-    if let Some(outs) = &req.outputs {
-        if let Some(o) = outs.iter().find(|o| o.name != OUTPUT_NAME) {
+/// Which outputs to produce, and how.
+fn plan_outputs(dec: &Decoded) -> ApiResult<Vec<OutputPlan>> {
+    let Some(outs) = &dec.outputs else {
+        return Ok(vec![OutputPlan {
+            binary: dec.binary_output,
+            class_count: None,
+        }]);
+    };
+    let mut plans = Vec::with_capacity(outs.len());
+    for (i, o) in outs.iter().enumerate() {
+        if o.name != OUTPUT_NAME {
             return Err(ApiError::bad(format!(
-                "outputs: `{}` is not an output; the model has `{OUTPUT_NAME}`",
+                "outputs[{i}].name: `{}` is not an output; the model has `{OUTPUT_NAME}`",
                 o.name
             )));
         }
+        let binary = match o.parameters.as_ref().and_then(|p| p.get("binary_data")) {
+            None => dec.binary_output,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => {
+                return Err(ApiError::bad(format!(
+                    "outputs[{i}].parameters.binary_data: {v} is not true or false"
+                )))
+            }
+        };
+        // Triton's clients send `classification`; KServe documents `class_count`.
+        let mut class_count = None;
+        for key in ["classification", "class_count"] {
+            if let Some(k) = codec::param_usize(&o.parameters, key)
+                .map_err(|e| ApiError::bad(format!("outputs[{i}].parameters.{e}")))?
+            {
+                class_count = Some(k).filter(|&k| k > 0);
+                break;
+            }
+        }
+        plans.push(OutputPlan {
+            binary,
+            class_count,
+        });
     }
-    let mut inputs = req.inputs;
+    Ok(plans)
+}
+
+/// Check a decoded request against the served model's input spec.
+pub fn check_request(dec: Decoded, a: &Active, max_batch: usize) -> ApiResult<Checked> {
+    let m = &a.bundle.manifest;
+    let item: Vec<i64> = a.engine.item_shape.iter().map(|&d| d as i64).collect();
+    let outputs = plan_outputs(&dec)?;
+    let mut inputs = dec.inputs;
     if inputs.len() != 1 {
         return Err(ApiError::bad(format!(
             "inputs: {} given; the model takes exactly one, `{}`",
@@ -336,17 +296,12 @@ fn check_request(
             m.input.name
         )));
     }
-    let input = inputs.remove(0);
+    let (input, data) = inputs.remove(0);
     if input.name != m.input.name {
         return Err(ApiError::bad(format!(
             "inputs[0].name: `{}`; the model's input is `{}`",
             input.name, m.input.name
         )));
-    }
-    if let Some(p) = &input.parameters {
-        if p.contains_key("binary_data_size") {
-            return Err(ApiError::bad("inputs[0].parameters.binary_data_size: binary tensor data is not supported; send JSON `data`"));
-        }
     }
     let shape = &input.shape;
     if let Some(i) = shape.iter().position(|&d| d < 1) {
@@ -390,42 +345,76 @@ fn check_request(
         )));
     }
     let want = n * a.engine.item_len();
-    let data = input.data.0;
-    if data.len() != want {
-        return Err(ApiError::bad(format!(
-            "inputs[0].data: {} values for shape {} ({want} expected)",
-            data.len(),
-            shape_text(shape)
-        )));
-    }
-    let batch = if datatype == "FP32" {
-        let mut out = Vec::with_capacity(want);
-        for (i, v) in data.into_iter().enumerate() {
-            let f = v as f32;
-            if !f.is_finite() {
+    let batch = match data {
+        InputData::Raw(raw) => {
+            let size = if datatype == "FP32" { 4 } else { 1 };
+            if raw.len() != want * size {
                 return Err(ApiError::bad(format!(
-                    "inputs[0].data[{i}]: {v} is not a finite FP32 value"
+                    "inputs[0].parameters.binary_data_size: {} bytes; shape {} of {datatype} needs {} bytes",
+                    raw.len(),
+                    shape_text(shape),
+                    want * size
                 )));
             }
-            out.push(f);
+            if datatype == "FP32" {
+                let mut out = Vec::with_capacity(want);
+                for (i, c) in raw.chunks_exact(4).enumerate() {
+                    let f = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    if !f.is_finite() {
+                        return Err(ApiError::bad(format!(
+                            "inputs[0] binary data, element {i}: {f} is not a finite FP32 value"
+                        )));
+                    }
+                    out.push(f);
+                }
+                Batch::F32 { n, data: out }
+            } else {
+                Batch::U8 { n, data: raw }
+            }
         }
-        Batch::F32 { n, data: out }
-    } else {
-        let mut out = Vec::with_capacity(want);
-        for (i, v) in data.into_iter().enumerate() {
-            if !(v.fract() == 0.0 && (0.0..=255.0).contains(&v)) {
+        InputData::Json(data) => {
+            if data.len() != want {
                 return Err(ApiError::bad(format!(
-                    "inputs[0].data[{i}]: {v} is not a UINT8 value (an integer 0..255)"
+                    "inputs[0].data: {} values for shape {} ({want} expected)",
+                    data.len(),
+                    shape_text(shape)
                 )));
             }
-            out.push(v as u8);
+            if datatype == "FP32" {
+                let mut out = Vec::with_capacity(want);
+                for (i, v) in data.into_iter().enumerate() {
+                    let f = v as f32;
+                    if !f.is_finite() {
+                        return Err(ApiError::bad(format!(
+                            "inputs[0].data[{i}]: {v} is not a finite FP32 value"
+                        )));
+                    }
+                    out.push(f);
+                }
+                Batch::F32 { n, data: out }
+            } else {
+                let mut out = Vec::with_capacity(want);
+                for (i, v) in data.into_iter().enumerate() {
+                    if !(v.fract() == 0.0 && (0.0..=255.0).contains(&v)) {
+                        return Err(ApiError::bad(format!(
+                            "inputs[0].data[{i}]: {v} is not a UINT8 value (an integer 0..255)"
+                        )));
+                    }
+                    out.push(v as u8);
+                }
+                Batch::U8 { n, data: out }
+            }
         }
-        Batch::U8 { n, data: out }
     };
-    Ok((req.id, batch))
+    Ok(Checked {
+        id: dec.id,
+        batch,
+        outputs,
+    })
 }
 
-/// Run a checked batch on `a` (on a worker thread): logits and run time, ms.
+/// Run a checked batch on `a` (on a worker thread): logits, classes and the
+/// model's run time, ms.
 pub fn run_batch(a: &Active, batch: Batch) -> Result<(Vec<f32>, usize, f64), String> {
     let (n, data) = match batch {
         Batch::F32 { n, data } => (n, data),
@@ -445,38 +434,171 @@ pub fn run_batch(a: &Active, batch: Batch) -> Result<(Vec<f32>, usize, f64), Str
     Ok((logits, classes, ms))
 }
 
+/// The classification extension: for each item the top `k` scores as
+/// `"score:index:label"` (`"score:index"` without labels), best first.
+pub fn classify(logits: &[f32], classes: usize, k: usize, labels: &[String]) -> Vec<String> {
+    let k = k.min(classes);
+    let mut out = Vec::new();
+    if classes == 0 {
+        return out;
+    }
+    for row in logits.chunks(classes) {
+        let mut idx: Vec<usize> = (0..row.len()).collect();
+        idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        for &i in idx.iter().take(k) {
+            out.push(match labels.get(i) {
+                Some(l) => format!("{}:{i}:{l}", row[i]),
+                None => format!("{}:{i}", row[i]),
+            });
+        }
+    }
+    out
+}
+
+/// What a worker hands back for one infer request.
+struct Done {
+    body: Vec<u8>,
+    header_len: Option<usize>,
+    coding: codec::Coding,
+    batch: usize,
+    run_ms: f64,
+    queue_ns: u64,
+    input_ns: u64,
+    infer_ns: u64,
+    output_ns: u64,
+}
+
+fn ns(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The whole request on a worker: decompress, decode (JSON or binary),
+/// check, preprocess, run, encode the answer.
+fn work(
+    model: &Active,
+    body: Bytes,
+    wire: WireHeaders,
+    max_batch: usize,
+    queued: Instant,
+) -> ApiResult<Done> {
+    let t0 = Instant::now();
+    let queue_ns = ns(t0 - queued);
+    let plain = codec::decompress(wire.coding, &body)?;
+    drop(body);
+    let dec = codec::decode_request(&plain, wire.header_len)?;
+    drop(plain);
+    let checked = check_request(dec, model, max_batch)?;
+    let n = checked.batch.len();
+    let t1 = Instant::now();
+    let (logits, classes, run_ms) = run_batch(model, checked.batch).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("inference failed: {e}"),
+        )
+    })?;
+    let t2 = Instant::now();
+    // The model's run (run_ms) is compute_infer; preprocessing counts as input.
+    let infer_ns = ((run_ms * 1e6) as u64).min(ns(t2 - t1));
+    let input_ns = ns(t1 - t0) + ns(t2 - t1) - infer_ns;
+    let labels = &model.bundle.manifest.input.labels;
+    let outputs: Vec<Output> = checked
+        .outputs
+        .iter()
+        .map(|o| match o.class_count {
+            Some(k) => Output {
+                name: OUTPUT_NAME.into(),
+                shape: vec![n, k.min(classes)],
+                data: OutputData::Bytes(classify(&logits, classes, k, labels)),
+                binary: o.binary,
+            },
+            None => Output {
+                name: OUTPUT_NAME.into(),
+                shape: vec![n, classes],
+                data: OutputData::F32(logits.clone()),
+                binary: o.binary,
+            },
+        })
+        .collect();
+    let version = model.version().to_string();
+    let id = checked.id;
+    let (body, header_len) = codec::encode_response(model.name(), &version, id.as_ref(), &outputs)?;
+    let body = codec::compress(wire.answer_coding, body);
+    Ok(Done {
+        body,
+        header_len,
+        coding: wire.answer_coding,
+        batch: n,
+        run_ms,
+        queue_ns,
+        input_ns,
+        infer_ns,
+        output_ns: ns(t2.elapsed()),
+    })
+}
+
 pub async fn infer(
     State(st): State<AppState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    infer_counted(st, name, None, body).await
+    infer_counted(st, name, None, headers, body).await
 }
 
 pub async fn infer_v(
     State(st): State<AppState>,
     Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    infer_counted(st, name, Some(version), body).await
+    infer_counted(st, name, Some(version), headers, body).await
 }
 
 async fn infer_counted(
     st: AppState,
     name: String,
     version: Option<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let t0 = Instant::now();
     let m = &st.shared.metrics;
     m.requests.fetch_add(1, Relaxed);
-    match infer_inner(&st, &name, version.as_deref(), body).await {
-        Ok(v) => {
+    match infer_inner(&st, &name, version.as_deref(), &headers, body).await {
+        Ok(done) => {
             m.ok.fetch_add(1, Relaxed);
-            m.observe_request(t0.elapsed().as_secs_f64());
-            Json(v).into_response()
+            let secs = t0.elapsed();
+            m.observe_request(secs.as_secs_f64());
+            let s = &m.infer;
+            s.success.add(ns(secs));
+            s.queue.add(done.queue_ns);
+            s.compute_input.add(done.input_ns);
+            s.compute_infer.add(done.infer_ns);
+            s.compute_output.add(done.output_ns);
+            s.inference_count.fetch_add(done.batch as u64, Relaxed);
+            s.execution_count.fetch_add(1, Relaxed);
+            s.last_inference_ms.store(crate::clock::unix_ms(), Relaxed);
+            let mut r = Response::new(axum::body::Body::from(done.body));
+            let h = r.headers_mut();
+            if let Some(n) = done.header_len {
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                h.insert(codec::HEADER_LENGTH, HeaderValue::from(n));
+            } else {
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+            }
+            if let Some(c) = codec::coding_header(done.coding) {
+                h.insert(header::CONTENT_ENCODING, c);
+            }
+            r
         }
         Err(e) => {
+            m.infer.fail.add(ns(t0.elapsed()));
             let counter = match e.status {
                 StatusCode::SERVICE_UNAVAILABLE => &m.busy,
                 s if s.is_client_error() => &m.bad_request,
@@ -495,74 +617,42 @@ async fn infer_inner(
     st: &AppState,
     name: &str,
     version: Option<&str>,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<InferResponse> {
+) -> ApiResult<Done> {
     let body = body.map_err(|r| {
         ApiError::new(
             r.status(),
             format!("cannot read the request body: {}", r.body_text()),
         )
     })?;
+    let wire = WireHeaders::from_headers(headers)?;
     let active = model_named(st, name, version)?;
-    let req: InferRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad(format!("invalid infer request: {e}")))?;
-    let (id, batch) = check_request(req, &active, st.max_batch)?;
-    let n = batch.len();
     let model = active.clone();
+    let max_batch = st.max_batch;
+    let queued = Instant::now();
+    // Decoding a large JSON body takes long: it runs on a worker with the
+    // model, never on the async threads that answer health checks.
     let rx = st
         .pool
-        .submit(move || run_batch(&model, batch))
+        .submit(move || work(&model, body, wire, max_batch, queued))
         .map_err(|_| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the server is busy: the request queue is full; retry later",
             )
         })?;
-    let (logits, classes, ms) = rx
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the inference worker dropped the request",
-            )
-        })?
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("inference failed: {e}"),
-            )
-        })?;
-    st.shared.metrics.observe_run(ms);
-    st.shared.adapt.observe(&active.engine, n, ms);
-    Ok(InferResponse {
-        model_name: active.name().to_string(),
-        model_version: active.version().to_string(),
-        id,
-        outputs: vec![OutputTensor {
-            name: OUTPUT_NAME,
-            datatype: "FP32",
-            shape: [n, classes],
-            data: logits,
-        }],
-    })
-}
-
-/// The v2 infer response (FP32 data serialised in its shortest exact form).
-#[derive(Serialize)]
-pub struct InferResponse {
-    model_name: String,
-    model_version: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<Value>,
-    outputs: Vec<OutputTensor>,
-}
-
-#[derive(Serialize)]
-struct OutputTensor {
-    name: &'static str,
-    datatype: &'static str,
-    shape: [usize; 2],
-    data: Vec<f32>,
+    let done = rx.await.map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the inference worker dropped the request",
+        )
+    })??;
+    st.shared.metrics.observe_run(done.run_ms);
+    st.shared
+        .adapt
+        .observe(&active.engine, done.batch, done.run_ms);
+    Ok(done)
 }
 
 // ---------------------------------------------------------------------------
@@ -610,8 +700,26 @@ pub async fn adaptation(
                 .map(|c| c.latency_budget.budget_ms(r.oracle_ms))
         })
     });
+    // Accuracy in percent everywhere: the oracle's, the served subnet's and
+    // what the board gives up for speed, with the sample sizes.
+    let served = active
+        .as_ref()
+        .and_then(|a| r.and_then(|r| r.point(&a.engine.subnet)));
+    let pct = |f: f64| (f * 1e4).round() / 100.0;
+    let accuracy = r.map(|r| {
+        json!({
+            "unit": "percent",
+            "oracle_pct": pct(r.oracle_accuracy),
+            "served_pct": served.map(|p| pct(p.accuracy)),
+            "given_up_pct": served.map(|p| pct(r.oracle_accuracy - p.accuracy)),
+            "oracle_images": r.images,
+            "served_images": served.map(|p| p.images),
+            "data": r.data,
+        })
+    });
     Ok(Json(json!({
         "model_name": active.as_ref().map(|a| a.name().to_string()),
+        "accuracy": accuracy,
         "active_subnet": active.as_ref().map(|a| a.engine.subnet.to_string()),
         "budget_ms": budget,
         "percentile": percentile,
@@ -623,6 +731,7 @@ pub async fn adaptation(
             "state": h.search.state,
             "bundle_sha256": h.search.bundle_sha256,
             "message": h.search.message,
+            "progress": h.search.progress,
             "method": r.map(|r| r.method().to_string()),
             "elapsed_s": r.map(|r| r.search_seconds),
         },

@@ -3,9 +3,10 @@
 //! Starts the real `adaptived` (next to this binary, or `$ADAPTIVED_BIN`) on
 //! a free loopback port with a signed oracle-only bundle of the fixture,
 //! then prints:
-//! - request overhead: HTTP/JSON infer at batch 1 (keep-alive) against
-//!   running the same plan in-process with tract (interleaved runs, medians,
-//!   and their ratio);
+//! - request overhead: HTTP/JSON infer and HTTP with the KServe binary
+//!   tensor data extension (binary input, as Triton clients send it) at
+//!   batch 1 (keep-alive) against running the same plan in-process with
+//!   tract (interleaved runs in the same process, medians, and ratios);
 //! - the daemon's resident memory (RSS, peak) against the bundle size;
 //! - the daemon's CPU use while idle, over a few seconds.
 //!
@@ -91,6 +92,18 @@ fn main() -> Result<()> {
     let body = serde_json::to_vec(&serde_json::json!({
         "inputs": [{ "name": bundle.manifest.input.name, "shape": [1, 1, 28, 28], "datatype": "FP32", "data": image }]
     }))?;
+    // The same image with the binary tensor data extension.
+    let head = serde_json::to_vec(&serde_json::json!({
+        "inputs": [{ "name": bundle.manifest.input.name, "shape": [1, 1, 28, 28], "datatype": "FP32",
+                     "parameters": { "binary_data_size": image.len() * 4 } }]
+    }))?;
+    let head_len = head.len().to_string();
+    let mut binary = head;
+    binary.extend(image.iter().flat_map(|f| f.to_le_bytes()));
+    let bin_headers = [
+        ("Content-Type", "application/octet-stream"),
+        ("Inference-Header-Content-Length", head_len.as_str()),
+    ];
     let input = engine.tensor(1, image.clone())?;
     let path = format!("/v2/models/{}/infer", bundle.manifest.model.name);
     for _ in 0..50 {
@@ -99,8 +112,13 @@ fn main() -> Result<()> {
         if r.status != 200 {
             bail!("infer answered {}: {}", r.status, r.text());
         }
+        let r = c.post_with(&path, &bin_headers, &binary)?;
+        if r.status != 200 {
+            bail!("binary infer answered {}: {}", r.status, r.text());
+        }
     }
     let (mut local, mut http) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    let mut http_bin = Vec::with_capacity(runs);
     for _ in 0..runs {
         let t = Instant::now();
         engine.run(input.clone())?;
@@ -111,8 +129,15 @@ fn main() -> Result<()> {
         if r.status != 200 {
             bail!("infer answered {}", r.status);
         }
+        let t = Instant::now();
+        let r = c.post_with(&path, &bin_headers, &binary)?;
+        http_bin.push(t.elapsed().as_secs_f64() * 1e3);
+        if r.status != 200 {
+            bail!("binary infer answered {}", r.status);
+        }
     }
     let (ml, mh) = (median(&mut local), median(&mut http));
+    let mb = median(&mut http_bin);
     let rss = proc_status_kb(pid, "VmRSS:").unwrap_or(0);
     let hwm = proc_status_kb(pid, "VmHWM:").unwrap_or(0);
 
@@ -133,8 +158,14 @@ fn main() -> Result<()> {
     println!("|---|---|");
     println!("| tract in-process, batch 1 (median) | {ml:.3} ms |");
     println!("| daemon HTTP/JSON infer, batch 1, keep-alive (median) | {mh:.3} ms |");
-    println!("| overhead per request | {:.3} ms |", mh - ml);
-    println!("| ratio daemon / in-process | {:.2} |", mh / ml);
+    println!("| daemon HTTP binary tensor data infer, batch 1, keep-alive (median) | {mb:.3} ms |");
+    println!(
+        "| overhead per request, JSON / binary | {:.3} ms / {:.3} ms |",
+        mh - ml,
+        mb - ml
+    );
+    println!("| ratio daemon / in-process, JSON | {:.2} |", mh / ml);
+    println!("| ratio daemon / in-process, binary | {:.2} |", mb / ml);
     println!(
         "| bundle size | {:.2} MiB |",
         bundle_size as f64 / 1048576.0
