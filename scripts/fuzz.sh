@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run one fuzz target for a time: scripts/fuzz.sh TARGET SECONDS [libFuzzer flags...]
-# Targets: bundle, config, onnx_blocks (fuzz/fuzz_targets/). The committed
+# Targets: bundle, config, infer_request, onnx_blocks (fuzz/fuzz_targets/). The committed
 # seeds (fuzz/corpus/TARGET) are read; what libFuzzer adds goes to
 # fuzz/work/TARGET (not committed); crashes go to fuzz/artifacts/TARGET.
 # Needs cargo-fuzz (`cargo install cargo-fuzz`) and a nightly rustc for the

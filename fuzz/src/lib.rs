@@ -8,14 +8,19 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use adaptivenet_daemon::config::Config;
+use adaptivenet_daemon::server::codec::{decode_request, decompress, Coding};
 use adaptivenet_onnx::bundle::{read_public_key, Bundle, PublicKey};
 use adaptivenet_onnx::model_io::decode_model;
 use adaptivenet_onnx::Oracle;
 
+/// A fuzz entry point: arbitrary bytes in, no panic out.
+pub type Entry = fn(&[u8]);
+
 /// The targets by name (the corpus folder of each is `fuzz/corpus/NAME`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("bundle", bundle),
     ("config", config),
+    ("infer_request", infer_request),
     ("onnx_blocks", onnx_blocks),
 ];
 
@@ -66,5 +71,26 @@ pub fn config(data: &[u8]) {
 pub fn onnx_blocks(data: &[u8]) {
     if let Ok(model) = decode_model(data, "fuzz.onnx") {
         let _ = Oracle::from_model(model, "fuzz.onnx", None);
+    }
+}
+
+/// The KServe v2 infer request decoder as the server runs it on a worker:
+/// the content coding undone (bounded), then the JSON request and the
+/// binary tensor data extension split and checked. The input's first byte
+/// picks the coding (`% 3`: identity, gzip, deflate) and whether the body
+/// has a binary section (bit 2), the next two bytes are the
+/// `Inference-Header-Content-Length` (little-endian), the rest is the body.
+pub fn infer_request(data: &[u8]) {
+    let [mode, lo, hi, body @ ..] = data else {
+        return;
+    };
+    let coding = match mode % 3 {
+        0 => Coding::Identity,
+        1 => Coding::Gzip,
+        _ => Coding::Deflate,
+    };
+    let header_len = (mode & 4 != 0).then(|| usize::from(u16::from_le_bytes([*lo, *hi])));
+    if let Ok(plain) = decompress(coding, body) {
+        let _ = decode_request(&plain, header_len);
     }
 }

@@ -1,0 +1,4 @@
+//! cargo-fuzz target `infer_request`: see `adaptivenet_fuzz::infer_request`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| adaptivenet_fuzz::infer_request(data));
