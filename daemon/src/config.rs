@@ -43,6 +43,11 @@ pub struct Config {
     pub memory_budget_mb: u64,
     /// Serve exactly this bundle version (allows a downgrade to it).
     pub pin_version: Option<u64>,
+    /// How long a long-lived thread (watcher, adaptation, HTTP) may be
+    /// silent past three of its periods before the systemd watchdog stops
+    /// being pinged (a bundle check or a re-timing legitimately takes a
+    /// while on a slow board); the watchdog's own `WatchdogSec` adds to it.
+    pub watchdog_grace_s: f64,
     pub watch: Watch,
     pub monitor: Monitor,
     pub intake: Intake,
@@ -68,6 +73,7 @@ impl Default for Config {
             policy: Policy::default(),
             memory_budget_mb: 256,
             pin_version: None,
+            watchdog_grace_s: 60.0,
             watch: Watch::default(),
             monitor: Monitor::default(),
             intake: Intake::default(),
@@ -580,6 +586,10 @@ impl Config {
                 "memory_budget_mb",
                 self.memory_budget_mb != next.memory_budget_mb,
             ),
+            (
+                "watchdog_grace_s",
+                self.watchdog_grace_s != next.watchdog_grace_s,
+            ),
         ] {
             if changed {
                 applied.push(k.to_string());
@@ -590,6 +600,7 @@ impl Config {
             policy: next.policy,
             monitor: next.monitor,
             memory_budget_mb: next.memory_budget_mb,
+            watchdog_grace_s: next.watchdog_grace_s,
             ..self.clone()
         };
         Reload {
@@ -785,6 +796,15 @@ impl Config {
         }
         if self.memory_budget_mb == 0 {
             return bad("memory_budget_mb", "must be at least 1".into());
+        }
+        if !(self.watchdog_grace_s.is_finite()
+            && self.watchdog_grace_s >= 1.0
+            && self.watchdog_grace_s <= 3600.0)
+        {
+            return bad(
+                "watchdog_grace_s",
+                format!("{} must be between 1 and 3600", self.watchdog_grace_s),
+            );
         }
         self.server.validate()?;
         let w = &self.watch;

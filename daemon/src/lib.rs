@@ -20,6 +20,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod intake;
+pub mod liveness;
 pub mod metrics;
 pub mod monitor;
 pub mod policy;

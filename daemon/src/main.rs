@@ -185,6 +185,7 @@ fn serve(cli: &Cli) -> Result<()> {
             config.clone(),
             shared.clone(),
         ));
+        tokio::spawn(adaptivenet_daemon::server::beat(shared.clone()));
         tokio::spawn(systemd::watchdog(shared.clone()));
         if let (Some(d), Some(active)) = (&demo, shared.current()) {
             demo::print_help(d, &url, &active);

@@ -7,7 +7,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
-use crate::status::{AdaptStatus, DecisionKind};
+use crate::liveness::{Liveness, SUPERVISED};
+use crate::status::{AdaptStatus, DecisionKind, IntakeStatus, Slot};
 
 /// Upper bounds of the latency histogram, seconds.
 pub const BUCKETS: [f64; 14] = [
@@ -236,11 +237,12 @@ pub fn render_process(s: &mut String) {
     };
     let f: Vec<&str> = rest.split_whitespace().collect();
     let field = |n: usize| -> Option<f64> { f.get(n - 3)?.parse().ok() };
-    // SAFETY: sysconf only reads a system constant.
-    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as f64;
-    let tick = if tick > 0.0 { tick } else { 100.0 };
-    let page = if page > 0.0 { page } else { 4096.0 };
+    let sysconf = |var, default: f64| match nix::unistd::sysconf(var) {
+        Ok(Some(v)) if v > 0 => v as f64,
+        _ => default,
+    };
+    let tick = sysconf(nix::unistd::SysconfVar::CLK_TCK, 100.0);
+    let page = sysconf(nix::unistd::SysconfVar::PAGE_SIZE, 4096.0);
     let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|t| {
         t.lines()
             .find_map(|l| l.strip_prefix("btime "))
@@ -302,6 +304,46 @@ pub fn render_process(s: &mut String) {
         "gauge",
         "Maximum number of open file descriptors.",
         max_fds,
+    );
+}
+
+/// The daemon's own health in `/metrics`: panics of each supervised thread
+/// (each followed by a restart), the silence of each beating thread (NaN
+/// until it starts), and bundle intake's fallbacks to the previous slot.
+pub fn render_health(s: &mut String, live: &Liveness, intake: &IntakeStatus, now_ms: u64) {
+    let _ = writeln!(
+        s,
+        "# HELP adaptived_thread_panics_total Panics of a supervised thread, each followed by a restart of it.\n# TYPE adaptived_thread_panics_total counter"
+    );
+    for t in SUPERVISED {
+        let _ = writeln!(
+            s,
+            "adaptived_thread_panics_total{{thread=\"{t}\"}} {}",
+            live.panics(t)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "# HELP adaptived_thread_silence_seconds Time since a long-lived thread last beat (the systemd watchdog requires all of them).\n# TYPE adaptived_thread_silence_seconds gauge"
+    );
+    for (t, ms) in live.silence(now_ms) {
+        let v = ms.map_or(f64::NAN, |ms| ms as f64 / 1e3);
+        let _ = writeln!(s, "adaptived_thread_silence_seconds{{thread=\"{t}\"}} {v}");
+    }
+    let _ = writeln!(
+        s,
+        "# HELP adaptived_bundle_fallbacks_total Starts that served the previous slot because the active bundle failed its checks.\n# TYPE adaptived_bundle_fallbacks_total counter\nadaptived_bundle_fallbacks_total {}",
+        intake.fallbacks
+    );
+    let _ = writeln!(
+        s,
+        "# HELP adaptived_serving_previous_slot 1 while the previous slot serves (the active bundle failed its checks at start).\n# TYPE adaptived_serving_previous_slot gauge\nadaptived_serving_previous_slot {}",
+        u8::from(intake.slot == Slot::Previous)
+    );
+    let floor = intake.version_floor.map_or(f64::NAN, |v| v as f64);
+    let _ = writeln!(
+        s,
+        "# HELP adaptived_version_floor The highest bundle version installed: older ones are refused (NaN before the first).\n# TYPE adaptived_version_floor gauge\nadaptived_version_floor {floor}"
     );
 }
 

@@ -3,9 +3,8 @@
 //! pointer store; a request holds its own `Arc` and finishes on the model it
 //! started with), the metrics, the status shown by `/adaptation`, and the
 //! adaptation loop's inputs (latency samples, the config in force, its wake
-//! channel and heartbeat).
+//! channel), and the threads' [`Liveness`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -16,6 +15,7 @@ use arc_swap::ArcSwapOption;
 use crate::clock::{rfc3339, unix_ms, unix_now};
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::monitor::{engine_key, LatencyWindow};
 use crate::status::{
@@ -67,6 +67,8 @@ pub struct Shared {
     /// The adaptation loop's inputs and status (latency samples, live
     /// config, environment, decisions).
     pub adapt: AdaptShared,
+    /// Beats and panic counts of the long-lived threads (watchdog, metrics).
+    pub liveness: Liveness,
 }
 
 impl Default for Shared {
@@ -76,6 +78,7 @@ impl Default for Shared {
             metrics: Metrics::default(),
             history: Mutex::new(History::default()),
             adapt: Default::default(),
+            liveness: Liveness::default(),
         }
     }
 }
@@ -199,6 +202,7 @@ impl Shared {
 
     /// A supervised thread panicked (and is restarted).
     pub fn thread_panicked(&self, thread: &str, message: &str) {
+        self.liveness.panicked(thread);
         let mut h = self.history();
         h.intake.thread_restarts += 1;
         h.intake.last_panic = Some(format!("{thread}: {message}"));
@@ -226,8 +230,6 @@ pub struct AdaptShared {
     pub status: Mutex<AdaptStatus>,
     config: Mutex<Option<Arc<Config>>>,
     wake: Mutex<Option<Sender<()>>>,
-    /// Unix ms of the loop's last check (the systemd watchdog looks at it).
-    pub heartbeat_ms: AtomicU64,
 }
 
 impl AdaptShared {
@@ -266,11 +268,6 @@ impl AdaptShared {
         if let Some(tx) = lock(&self.wake).as_ref() {
             let _ = tx.send(());
         }
-    }
-
-    /// The loop checked just now.
-    pub fn beat(&self) {
-        self.heartbeat_ms.store(unix_ms(), Ordering::Relaxed);
     }
 
     /// Record a decision: logged, listed, counted.

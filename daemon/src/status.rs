@@ -104,7 +104,7 @@ pub struct IntakeStatus {
     pub fallbacks: u64,
     /// The highest version ever installed (the downgrade floor).
     pub version_floor: Option<u64>,
-    /// Panics of the supervised threads (watcher, search), each followed
+    /// Panics of the supervised threads (watcher, adapt, search), each followed
     /// by a restart of the thread.
     pub thread_restarts: u64,
     /// The last such panic: `thread: message`.

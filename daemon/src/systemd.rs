@@ -1,6 +1,7 @@
 //! systemd integration and the process's signals: `READY=1` once a subnet
 //! serves, `RELOADING=1`/`READY=1` around a SIGHUP config reload,
-//! `WATCHDOG=1` while the adaptation loop is alive, `STOPPING=1` on
+//! `WATCHDOG=1` while every long-lived thread is alive (bundle watcher,
+//! adaptation loop, HTTP runtime: [`crate::liveness`]), `STOPPING=1` on
 //! SIGTERM/SIGINT. Outside systemd the notifications are no-ops.
 
 use std::path::PathBuf;
@@ -88,8 +89,10 @@ pub async fn reload_on_sighup(
     }
 }
 
-/// `WATCHDOG=1` every half `WATCHDOG_USEC` while the adaptation loop is
-/// alive (its heartbeat is recent); a wedged loop lets systemd restart us.
+/// `WATCHDOG=1` every half `WATCHDOG_USEC` while every long-lived thread
+/// has beaten recently ([`crate::liveness::Liveness::silent`], with
+/// `WATCHDOG_USEC` plus `watchdog_grace_s` of grace for a long bundle
+/// check or re-timing); one wedged thread lets systemd restart us.
 pub async fn watchdog(shared: Arc<Shared>) {
     let mut usec = 0u64;
     if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
@@ -101,20 +104,18 @@ pub async fn watchdog(shared: Arc<Shared>) {
         period.as_secs_f64()
     );
     loop {
-        let beat = shared
-            .adapt
-            .heartbeat_ms
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let tick_ms = shared
-            .adapt
-            .config()
-            .map(|c| (c.policy.check_interval_s.min(c.monitor.interval_s) * 1000.0) as u64)
-            .unwrap_or(1000);
-        let age = crate::clock::unix_ms().saturating_sub(beat);
-        if beat == 0 || age <= (3 * tick_ms).max(usec / 1000) + 60_000 {
+        let grace_s = shared.adapt.config().map_or(60.0, |c| c.watchdog_grace_s);
+        let grace =
+            std::time::Duration::from_micros(usec) + std::time::Duration::from_secs_f64(grace_s);
+        let silent = shared.liveness.silent(crate::clock::unix_ms(), grace);
+        if silent.is_empty() {
             let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
         } else {
-            log::error!("the adaptation loop has not run for {age} ms; not pinging the watchdog");
+            let who: Vec<String> = silent
+                .iter()
+                .map(|s| format!("the {} thread for {} ms", s.thread, s.silent_ms))
+                .collect();
+            log::error!("not pinging the watchdog: silent: {}", who.join(", "));
         }
         tokio::time::sleep(period).await;
     }

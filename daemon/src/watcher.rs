@@ -29,6 +29,7 @@ use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 
 use crate::intake::{self, Claim, STOPPED_WHILE_CHECKING};
+use crate::liveness::Thread;
 use crate::service::{Outcome, Service};
 use adaptivenet_onnx::fsutil::write_atomically;
 
@@ -485,7 +486,9 @@ pub fn run(svc: Arc<Service>, stop: Arc<AtomicBool>) {
         None
     };
     let mut next_scan = Instant::now();
+    let beat = || svc.shared.liveness.beat(Thread::Watcher, poll);
     while !stop.load(Ordering::Relaxed) {
+        beat();
         let wait = next_scan
             .saturating_duration_since(Instant::now())
             .min(poll);
@@ -516,6 +519,7 @@ pub fn run(svc: Arc<Service>, stop: Arc<AtomicBool>) {
                     break;
                 }
                 handle(&svc, &mut watch, &path);
+                beat();
             }
             if Instant::now() >= next_scan {
                 next_scan = Instant::now() + poll;

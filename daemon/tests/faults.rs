@@ -436,3 +436,135 @@ fn kill_9_at_random_moments_during_intake_and_swap_never_loses_a_bundle() {
         restart_ms.get(restart_ms.len() / 2).copied().unwrap_or(0.0),
     );
 }
+
+/// The datagrams received on `sock` within `window` that are `WATCHDOG=1`.
+fn watchdog_pings(sock: &std::os::unix::net::UnixDatagram, window: Duration) -> usize {
+    let mut buf = [0u8; 4096];
+    let mut pings = 0;
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        if let Ok(n) = sock.recv(&mut buf) {
+            pings += String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .filter(|l| *l == "WATCHDOG=1")
+                .count();
+        }
+    }
+    pings
+}
+
+/// A value of `/metrics` (`name{labels}` exactly).
+fn metric(d: &Daemon, series: &str) -> Option<f64> {
+    let r = d.client().get("/metrics").expect("GET /metrics");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Item 7: every long-lived thread (watcher, adaptation loop, HTTP runtime)
+/// beats, and the systemd watchdog requires all of them, not only the
+/// adaptation loop. A board file whose read blocks (a FIFO where the loop
+/// reads the CPU clock, as a hung sysfs driver would) wedges the adaptation
+/// loop: serving goes on, `/metrics` shows its silence, the log names it and
+/// the pings stop, so systemd would restart the daemon; when the read
+/// returns, the pings resume.
+#[test]
+fn a_wedged_thread_stops_the_watchdog_pings_and_metrics_name_it() {
+    let tmp = TempDir::new("wedge");
+    let board = tmp.path().join("board");
+    adaptivenet_testkit::board::write_fake_board(
+        &board,
+        2,
+        1_500_000,
+        1_500_000,
+        &[("cpu-thermal", 45.0)],
+        0.0,
+    )
+    .expect("fake board");
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("notify socket");
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let extra = format!(
+        "{FAST}watchdog_grace_s: 1\nmonitor: {{root: {}, interval_s: 0.2}}\npolicy: {{check_interval_s: 0.2}}\n",
+        board.display()
+    );
+    let d = Daemon::start_watchdog(
+        tmp.path(),
+        &extra,
+        &[("NOTIFY_SOCKET", sock_path.display().to_string())],
+        1_000_000,
+    );
+    drop_bundle(&d.bundle_dir, "v1.bundle", &signed_bundle(1));
+    d.wait_for("v1 to serve", WAIT, |a| served_version(a) == Some(1));
+    // All alive: a ping every 0.5 s, every thread beating, no panics.
+    let pings = watchdog_pings(&sock, Duration::from_secs(3));
+    assert!(pings >= 3, "{pings} watchdog pings in 3 s");
+    for t in ["watcher", "adapt", "http"] {
+        let s = metric(
+            &d,
+            &format!("adaptived_thread_silence_seconds{{thread=\"{t}\"}}"),
+        );
+        assert!(s.is_some_and(|s| s < 2.0), "{t}: silent {s:?} s");
+    }
+    for t in ["watcher", "adapt", "search"] {
+        let n = metric(
+            &d,
+            &format!("adaptived_thread_panics_total{{thread=\"{t}\"}}"),
+        );
+        assert_eq!(n, Some(0.0), "{t}");
+    }
+    // Wedge the adaptation loop on a read that never returns.
+    let freq = board.join("sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq");
+    let fifo = board.join("fifo.tmp");
+    let ok = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(ok.success(), "mkfifo failed");
+    std::fs::rename(&fifo, &freq).expect("FIFO over scaling_cur_freq");
+    let wedged_at = Instant::now();
+    wait_until(
+        "the watchdog to name the silent adaptation loop",
+        Duration::from_secs(20),
+        || {
+            d.log_text()
+                .contains("not pinging the watchdog: silent: the adapt thread")
+        },
+    );
+    let noticed = wedged_at.elapsed();
+    // Drain what was sent before the log line, then no ping at all.
+    let _ = watchdog_pings(&sock, Duration::from_millis(600));
+    let pings = watchdog_pings(&sock, Duration::from_secs(2));
+    assert_eq!(pings, 0, "pings while the adaptation loop is wedged");
+    let silent = metric(&d, "adaptived_thread_silence_seconds{thread=\"adapt\"}");
+    assert!(silent.is_some_and(|s| s > 2.0), "adapt silent {silent:?} s");
+    let watcher = metric(&d, "adaptived_thread_silence_seconds{thread=\"watcher\"}");
+    assert!(
+        watcher.is_some_and(|s| s < 2.0),
+        "watcher silent {watcher:?} s"
+    );
+    let body = infer_body("FP32", &[1, 1, 28, 28], &vec![0.0; 784]);
+    let r = infer(&mut d.client(), &body);
+    assert_eq!(r.status, 200, "serving while wedged: {}", r.text());
+    // The read returns (a writer appears): the loop beats, pings resume.
+    let mut w = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&freq)
+        .expect("open the FIFO for writing");
+    write_all(&mut w, b"1500000\n");
+    drop(w);
+    let plain = board.join("freq.tmp");
+    std::fs::write(&plain, "1500000\n").expect("freq");
+    std::fs::rename(&plain, &freq).expect("a plain file again");
+    let mut seen = 0;
+    wait_until("the pings to resume", Duration::from_secs(20), || {
+        seen += watchdog_pings(&sock, Duration::from_millis(200));
+        seen >= 2
+    });
+    println!(
+        "wedged adaptation loop: named by the watchdog after {:.1} s; 0 pings while wedged; pings resumed after the read returned",
+        noticed.as_secs_f64()
+    );
+}

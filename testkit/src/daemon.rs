@@ -74,6 +74,24 @@ impl Daemon {
         nice: i32,
         nofile: Option<u64>,
     ) -> Daemon {
+        Daemon::launch(root, extra, env, nice, nofile, None)
+    }
+
+    /// [`Daemon::start_env`] under a systemd-style watchdog: `WATCHDOG_USEC`
+    /// is `usec` and `WATCHDOG_PID` the daemon's own pid (set by a shell
+    /// that then execs the daemon, as systemd sets it for the main process).
+    pub fn start_watchdog(root: &Path, extra: &str, env: &[(&str, String)], usec: u64) -> Daemon {
+        Daemon::launch(root, extra, env, 0, None, Some(usec))
+    }
+
+    fn launch(
+        root: &Path,
+        extra: &str,
+        env: &[(&str, String)],
+        nice: i32,
+        nofile: Option<u64>,
+        watchdog_usec: Option<u64>,
+    ) -> Daemon {
         let bundle_dir = root.join("bundles");
         let state_dir = root.join("state");
         let config = root.join("config.yaml");
@@ -94,7 +112,17 @@ impl Daemon {
         ));
         let log_file = std::fs::File::create(&log).expect("log file");
         let started = Instant::now();
-        let mut cmd = Command::new(adaptived_bin());
+        let mut cmd = match watchdog_usec {
+            None => Command::new(adaptived_bin()),
+            Some(usec) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg("WATCHDOG_PID=$$ exec \"$0\" \"$@\"")
+                    .arg(adaptived_bin())
+                    .env("WATCHDOG_USEC", usec.to_string());
+                c
+            }
+        };
         if nice != 0 {
             use std::os::unix::process::CommandExt;
             // SAFETY: setpriority is async-signal-safe; nothing else runs

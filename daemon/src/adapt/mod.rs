@@ -39,6 +39,7 @@ use adaptivenet_search::{FrontPoint, SearchResult};
 use crate::clock::{rfc3339, unix_now};
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::liveness::Thread;
 use crate::monitor::{engine_key, Environment, Monitor};
 use crate::policy::{self, Action, PolicyState};
 use crate::shared::{Active, Shared};
@@ -75,18 +76,21 @@ struct Controller {
     workers: usize,
 }
 
-/// Start the loop on its own thread.
+/// Start the loop on its own supervised thread: a panic outside a check is
+/// logged, counted, and the loop starts again with fresh state (a panic in
+/// one check leaves the served subnet unchanged and the loop running).
 pub fn spawn(shared: Arc<Shared>, config: Arc<Config>) -> std::io::Result<()> {
     let (tx, rx) = channel();
     shared.adapt.set_waker(tx);
     shared.adapt.set_config(config.clone());
-    std::thread::Builder::new()
-        .name("adapt".into())
-        .spawn(move || {
+    let sh = shared.clone();
+    crate::supervise::spawn(
+        "adapt",
+        move || {
             let mut c = Controller {
                 monitor: Monitor::new(&config.monitor.root),
                 monitor_root: config.monitor.root.clone(),
-                shared,
+                shared: shared.clone(),
                 policy: PolicyState::default(),
                 engines: EngineCache::default(),
                 source: None,
@@ -102,25 +106,28 @@ pub fn spawn(shared: Arc<Shared>, config: Arc<Config>) -> std::io::Result<()> {
                 no_fit_noted: false,
                 workers: config.worker_threads,
             };
-            c.run(rx)
-        })?;
+            c.run(&rx)
+        },
+        move |m| sh.thread_panicked("adapt", m),
+    )?;
     Ok(())
 }
 
 impl Controller {
-    fn run(&mut self, wake: Receiver<()>) {
+    fn run(&mut self, wake: &Receiver<()>) {
         loop {
             let Some(cfg) = self.shared.adapt.config() else {
                 return;
             };
-            let tick = cfg.policy.check_interval_s.min(cfg.monitor.interval_s);
-            match wake.recv_timeout(Duration::from_secs_f64(tick)) {
+            let tick =
+                Duration::from_secs_f64(cfg.policy.check_interval_s.min(cfg.monitor.interval_s));
+            self.shared.liveness.beat(Thread::Adapt, tick);
+            match wake.recv_timeout(tick) {
                 Ok(()) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             while wake.try_recv().is_ok() {}
             let cfg = self.shared.adapt.config().unwrap_or(cfg);
-            self.shared.adapt.beat();
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.check(&cfg)));
             if r.is_err() {
                 log::error!("adaptation: a check panicked; the served subnet is unchanged");

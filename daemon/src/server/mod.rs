@@ -37,6 +37,17 @@ pub struct AppState {
 }
 
 /// All routes.
+/// The HTTP runtime's beat ([`crate::liveness::Thread::Http`]): a task on
+/// the same runtime as the connections, so a runtime whose threads are all
+/// stuck stops beating.
+pub async fn beat(shared: Arc<Shared>) {
+    let period = std::time::Duration::from_secs(1);
+    loop {
+        shared.liveness.beat(crate::liveness::Thread::Http, period);
+        tokio::time::sleep(period).await;
+    }
+}
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(page::status_page))

@@ -769,5 +769,12 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
         st.pool.in_flight(),
     );
     crate::metrics::render_adaptation(&mut text, &st.shared.adapt.status());
+    let intake = st.shared.history().intake.clone();
+    crate::metrics::render_health(
+        &mut text,
+        &st.shared.liveness,
+        &intake,
+        crate::clock::unix_ms(),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
