@@ -27,6 +27,9 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 # promtool (Debian's prometheus package): the metrics test runs
 # `promtool check metrics` on a live daemon.
 command -v promtool >/dev/null || need_apt+=(prometheus)
+# protoc: the gRPC interface test regenerates daemon/src/grpc/pb.rs to check
+# it is current (builds need no protoc: the generated file is committed).
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
@@ -40,9 +43,9 @@ if command -v mender >/dev/null; then
   $SUDO install -D -m 0755 ota/mender/adaptivenet-bundle /usr/share/mender/modules/v3/adaptivenet-bundle
   [ -f /etc/mender/artifact_info ] || echo "artifact_name=adaptivenet-tests" | $SUDO tee /etc/mender/artifact_info >/dev/null
 fi
-# The stock Triton HTTP client: daemon/tests/kserve.rs drives a real daemon
-# with it (tests/scripts/triton_client.py).
-if ! python3 -c "import tritonclient.http" 2>/dev/null; then
-  python3 -m pip install -q --disable-pip-version-check 'tritonclient[http]'
+# The stock Triton HTTP and gRPC clients: daemon/tests/kserve.rs drives a
+# real daemon with them (tests/scripts/triton_client.py, triton_grpc_client.py).
+if ! python3 -c "import tritonclient.http, tritonclient.grpc" 2>/dev/null; then
+  python3 -m pip install -q --disable-pip-version-check 'tritonclient[http,grpc]'
 fi
 echo "install-deps: ok"

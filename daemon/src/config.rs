@@ -23,6 +23,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// `HOST:PORT` or `unix:/path/to/socket`.
     pub listen: Listen,
+    /// `HOST:PORT` of the KServe v2 gRPC endpoint; unset: no gRPC.
+    pub grpc_listen: Option<SocketAddr>,
     /// The device class; a bundle whose `compatible` differs is rejected.
     pub compatible: String,
     pub latency_budget: LatencyBudget,
@@ -60,6 +62,7 @@ impl Default for Config {
             bundle_dir: PathBuf::from("/var/lib/adaptivenet/bundles"),
             state_dir: PathBuf::from("/var/lib/adaptivenet/state"),
             listen: Listen::default(),
+            grpc_listen: None,
             compatible: "generic-cpu".into(),
             latency_budget: LatencyBudget::default(),
             validation_data: None,
@@ -559,6 +562,7 @@ impl Config {
                 self.validation_data != next.validation_data,
             ),
             ("trusted_keys", self.trusted_keys != next.trusted_keys),
+            ("grpc_listen", self.grpc_listen != next.grpc_listen),
             ("allow_unsigned", self.allow_unsigned != next.allow_unsigned),
             ("worker_threads", self.worker_threads != next.worker_threads),
             ("queue_depth", self.queue_depth != next.queue_depth),

@@ -19,6 +19,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod grpc;
 pub mod intake;
 pub mod liveness;
 pub mod metrics;

@@ -12,11 +12,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use adaptivenet_daemon::config::{ConfigSource, Listen};
+use adaptivenet_daemon::server::limits::Limits;
 use adaptivenet_daemon::server::pool::WorkerPool;
 use adaptivenet_daemon::server::{router, AppState, Bound};
 use adaptivenet_daemon::service::{read_keys, Outcome, Service};
 use adaptivenet_daemon::shared::Shared;
-use adaptivenet_daemon::{demo, systemd, watcher};
+use adaptivenet_daemon::{demo, grpc, systemd, watcher};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 
@@ -176,6 +177,37 @@ fn serve(cli: &Cli) -> Result<()> {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let url = bound.url();
         log::info!("listening on {url}");
+        // One request-bytes budget for HTTP and gRPC; one shutdown for both.
+        let budget = Limits::new(
+            config.server.max_inflight_mb,
+            std::time::Duration::from_secs_f64(config.server.body_timeout_s),
+        );
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let grpc = match config.grpc_listen {
+            None => None,
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("grpc_listen: cannot listen on {addr}"))?;
+                log::info!("gRPC listening on {}", l.local_addr()?);
+                let (state, budget, server) =
+                    (state.clone(), budget.clone(), config.server.clone());
+                let stopped = stopped();
+                Some(tokio::spawn(async move {
+                    grpc::serve(l, state, budget, &server, stopped).await
+                }))
+            }
+        };
+        tokio::spawn(async move {
+            systemd::shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
         tokio::spawn(systemd::notify_ready(
             shared.clone(),
             config.bundle_dir.clone(),
@@ -191,9 +223,14 @@ fn serve(cli: &Cli) -> Result<()> {
             demo::print_help(d, &url, &active);
         }
         bound
-            .serve(router(state), &config.server, systemd::shutdown_signal())
+            .serve(router(state), &config.server, budget, stopped())
             .await
             .context("serving")?;
+        if let Some(g) = grpc {
+            g.await
+                .context("the gRPC server task")?
+                .context("serving gRPC")?;
+        }
         log::info!("stopped");
         Ok::<(), anyhow::Error>(())
     })?;

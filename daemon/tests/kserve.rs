@@ -2,8 +2,9 @@
 //! `tritonclient[http]` with its default settings (binary tensor data,
 //! async_infer, compression, classification, statistics, config) and the
 //! Open Inference Protocol's own request examples, driven by
-//! `tests/scripts/triton_client.py`; and large JSON bodies decoded off the
-//! async threads (health checks stay fast meanwhile).
+//! `tests/scripts/triton_client.py`; the stock `tritonclient[grpc]` on the
+//! gRPC endpoint (`tests/scripts/triton_grpc_client.py`); and large JSON
+//! bodies decoded off the async threads (health checks stay fast meanwhile).
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,6 +53,56 @@ fn the_stock_triton_http_client_works_with_its_defaults() {
         out.status,
         d.log_text()
     );
+}
+
+#[test]
+fn the_stock_triton_grpc_client_works_with_its_defaults() {
+    let probe = Command::new("python3")
+        .args(["-c", "import tritonclient.grpc, numpy"])
+        .status()
+        .expect("python3 runs");
+    assert!(
+        probe.success(),
+        "tritonclient[grpc] is not installed: run scripts/install-deps.sh"
+    );
+    let tmp = TempDir::new("kserve-grpc");
+    let d = Daemon::start(tmp.path(), "grpc_listen: 127.0.0.1:0\n");
+    drop_bundle(&d.bundle_dir, "fmnist-v1.bundle", &signed_bundle(1));
+    d.wait_for("the bundle to serve", WAIT, |a| {
+        served_version(a) == Some(1)
+    });
+    let log = d.log_text();
+    let grpc = log
+        .split("gRPC listening on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no gRPC address in the log:\n{log}"))
+        .to_string();
+    let script = repo().join("tests/scripts/triton_grpc_client.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&grpc)
+        .arg(d.addr.to_string())
+        .arg(MODEL)
+        .output()
+        .expect("python3 runs the client script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("triton_grpc_client: ok"),
+        "the Triton gRPC client script failed ({}):\n{stdout}\n{stderr}\ndaemon log:\n{}",
+        out.status,
+        d.log_text()
+    );
+    // gRPC requests count in the same metrics as HTTP ones.
+    let m = d.client().get("/metrics").expect("GET /metrics").text();
+    let ok = m
+        .lines()
+        .find_map(|l| l.strip_prefix("adaptived_requests_total{model=\"fmnist-resnet\"} "))
+        .and_then(|v| v.parse::<f64>().ok());
+    // 8 gRPC infer calls (2 of them refused) and 1 over HTTP.
+    assert!(ok.is_some_and(|n| n >= 9.0), "requests_total {ok:?}:\n{m}");
 }
 
 /// A valid-shaped infer request of about 14 MB: a batch of 64 with

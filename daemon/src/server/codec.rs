@@ -442,7 +442,7 @@ enum DataJson<'a> {
 
 /// Raw little-endian bytes of an output (BYTES: each element as a 4-byte
 /// little-endian length and its bytes, as the extension specifies).
-fn raw_bytes(d: &OutputData) -> Vec<u8> {
+pub fn raw_bytes(d: &OutputData) -> Vec<u8> {
     match d {
         OutputData::F32(v) => v.iter().flat_map(|f| f.to_le_bytes()).collect(),
         OutputData::Bytes(v) => {

@@ -51,6 +51,28 @@ impl Limits {
     pub fn in_flight(&self) -> u64 {
         self.inner.used.load(Ordering::Relaxed)
     }
+
+    /// Hold `bytes` of the budget for a request that is not an HTTP body
+    /// (a decoded gRPC message) until the returned guard drops; `None` when
+    /// they do not fit (the caller answers "busy").
+    pub fn try_hold(&self, bytes: u64) -> Option<Held> {
+        self.inner.try_take(bytes).then(|| Held {
+            _share: Reservation {
+                budget: self.inner.clone(),
+                bytes: AtomicU64::new(bytes),
+            },
+        })
+    }
+
+    /// The budget, in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.inner.capacity
+    }
+}
+
+/// A share of the budget taken by [`Limits::try_hold`], returned on drop.
+pub struct Held {
+    _share: Reservation,
 }
 
 impl Budget {

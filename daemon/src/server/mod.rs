@@ -140,16 +140,17 @@ impl Bound {
         }
     }
 
-    /// Serve `app` with the limits of `server` until `shutdown` completes;
-    /// requests in progress then get up to `server.body_timeout_s` to finish.
+    /// Serve `app` with the limits of `server` and the request-bytes
+    /// `budget` (shared with gRPC) until `shutdown` completes; requests in
+    /// progress then get up to `server.body_timeout_s` to finish.
     pub async fn serve(
         self,
         app: Router,
         server: &Server,
+        budget: limits::Limits,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let secs = std::time::Duration::from_secs_f64;
-        let budget = limits::Limits::new(server.max_inflight_mb, secs(server.body_timeout_s));
         let app = app.layer(axum::middleware::from_fn_with_state(budget, limits::guard));
         let cl = conn::ConnLimits {
             max_connections: server.max_connections,

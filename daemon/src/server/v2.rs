@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use super::codec::{self, Decoded, InputData, Output, OutputData, WireHeaders};
 use super::AppState;
-use crate::shared::Active;
+use crate::shared::{Active, Shared};
 
 /// The name of the output tensor of every served model.
 pub const OUTPUT_NAME: &str = "logits";
@@ -50,7 +50,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub type ApiResult<T> = Result<T, ApiError>;
 
 fn no_model() -> ApiError {
     ApiError::new(
@@ -460,34 +460,42 @@ struct Done {
     body: Vec<u8>,
     header_len: Option<usize>,
     coding: codec::Coding,
-    batch: usize,
-    run_ms: f64,
-    queue_ns: u64,
-    input_ns: u64,
-    infer_ns: u64,
-    output_ns: u64,
+    timings: Timings,
 }
 
-fn ns(d: std::time::Duration) -> u64 {
+/// What one served request cost, for Triton's statistics and the metrics.
+pub struct Timings {
+    /// Items in the batch.
+    pub batch: usize,
+    /// The model's run, ms.
+    pub run_ms: f64,
+    pub queue_ns: u64,
+    pub input_ns: u64,
+    pub infer_ns: u64,
+    pub output_ns: u64,
+}
+
+/// A checked request after the model ran: the outputs it asked for.
+pub struct Executed {
+    pub id: Option<Value>,
+    pub outputs: Vec<Output>,
+    pub batch: usize,
+    pub run_ms: f64,
+    /// Decoding, checking and preprocessing, ns (Triton's compute_input).
+    pub input_ns: u64,
+    /// The model's run, ns (compute_infer).
+    pub infer_ns: u64,
+    /// When the model's run ended (compute_output counts from here).
+    pub ran_at: Instant,
+}
+
+pub fn ns(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// The whole request on a worker: decompress, decode (JSON or binary),
-/// check, preprocess, run, encode the answer.
-fn work(
-    model: &Active,
-    body: Bytes,
-    wire: WireHeaders,
-    max_batch: usize,
-    queued: Instant,
-) -> ApiResult<Done> {
-    let t0 = Instant::now();
-    let queue_ns = ns(t0 - queued);
-    let plain = codec::decompress(wire.coding, &body)?;
-    drop(body);
-    let dec = codec::decode_request(&plain, wire.header_len)?;
-    drop(plain);
-    let checked = check_request(dec, model, max_batch)?;
+/// Run a checked request on `model` (on a worker) and build the outputs
+/// it asked for; `t0` is when its decoding began. Shared by HTTP and gRPC.
+pub fn execute(model: &Active, checked: Checked, t0: Instant) -> ApiResult<Executed> {
     let n = checked.batch.len();
     let t1 = Instant::now();
     let (logits, classes, run_ms) = run_batch(model, checked.batch).map_err(|e| {
@@ -519,21 +527,107 @@ fn work(
             },
         })
         .collect();
+    Ok(Executed {
+        id: checked.id,
+        outputs,
+        batch: n,
+        run_ms,
+        input_ns,
+        infer_ns,
+        ran_at: t2,
+    })
+}
+
+/// The whole HTTP request on a worker: decompress, decode (JSON or
+/// binary), check, run, encode the answer.
+fn work(
+    model: &Active,
+    body: Bytes,
+    wire: WireHeaders,
+    max_batch: usize,
+    queued: Instant,
+) -> ApiResult<Done> {
+    let t0 = Instant::now();
+    let queue_ns = ns(t0 - queued);
+    let plain = codec::decompress(wire.coding, &body)?;
+    drop(body);
+    let dec = codec::decode_request(&plain, wire.header_len)?;
+    drop(plain);
+    let checked = check_request(dec, model, max_batch)?;
+    let ex = execute(model, checked, t0)?;
     let version = model.version().to_string();
-    let id = checked.id;
-    let (body, header_len) = codec::encode_response(model.name(), &version, id.as_ref(), &outputs)?;
+    let (body, header_len) =
+        codec::encode_response(model.name(), &version, ex.id.as_ref(), &ex.outputs)?;
     let body = codec::compress(wire.answer_coding, body);
     Ok(Done {
         body,
         header_len,
         coding: wire.answer_coding,
-        batch: n,
-        run_ms,
-        queue_ns,
-        input_ns,
-        infer_ns,
-        output_ns: ns(t2.elapsed()),
+        timings: Timings {
+            batch: ex.batch,
+            run_ms: ex.run_ms,
+            queue_ns,
+            input_ns: ex.input_ns,
+            infer_ns: ex.infer_ns,
+            output_ns: ns(ex.ran_at.elapsed()),
+        },
     })
+}
+
+/// Count a request that arrived (HTTP or gRPC).
+pub fn record_arrival(shared: &Shared) {
+    shared.metrics.requests.fetch_add(1, Relaxed);
+}
+
+/// Count a served request: the metrics, Triton's statistics and the
+/// adaptation loop's latency window. `total` is its whole time.
+pub fn record_success(shared: &Shared, active: &Active, t: &Timings, total: std::time::Duration) {
+    let m = &shared.metrics;
+    m.ok.fetch_add(1, Relaxed);
+    m.observe_request(total.as_secs_f64());
+    let s = &m.infer;
+    s.success.add(ns(total));
+    s.queue.add(t.queue_ns);
+    s.compute_input.add(t.input_ns);
+    s.compute_infer.add(t.infer_ns);
+    s.compute_output.add(t.output_ns);
+    s.inference_count.fetch_add(t.batch as u64, Relaxed);
+    s.execution_count.fetch_add(1, Relaxed);
+    s.last_inference_ms.store(crate::clock::unix_ms(), Relaxed);
+    m.observe_run(t.run_ms);
+    shared.adapt.observe(&active.engine, t.batch, t.run_ms);
+}
+
+/// Count a failed request by its kind (busy, bad request, server error);
+/// server errors are logged.
+pub fn record_failure(shared: &Shared, name: &str, e: &ApiError, total: std::time::Duration) {
+    let m = &shared.metrics;
+    m.infer.fail.add(ns(total));
+    let counter = match e.status {
+        StatusCode::SERVICE_UNAVAILABLE => &m.busy,
+        s if s.is_client_error() => &m.bad_request,
+        _ => &m.errors,
+    };
+    counter.fetch_add(1, Relaxed);
+    if e.status.is_server_error() && e.status != StatusCode::SERVICE_UNAVAILABLE {
+        log::error!("infer on `{name}` failed: {}", e.message);
+    }
+}
+
+/// The answer when the worker pool's queue is full.
+pub fn busy() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the server is busy: the request queue is full; retry later",
+    )
+}
+
+/// The answer when a worker dropped the job (it panicked).
+pub fn dropped() -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the inference worker dropped the request",
+    )
 }
 
 pub async fn infer(
@@ -562,22 +656,10 @@ async fn infer_counted(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let t0 = Instant::now();
-    let m = &st.shared.metrics;
-    m.requests.fetch_add(1, Relaxed);
+    record_arrival(&st.shared);
     match infer_inner(&st, &name, version.as_deref(), &headers, body).await {
-        Ok(done) => {
-            m.ok.fetch_add(1, Relaxed);
-            let secs = t0.elapsed();
-            m.observe_request(secs.as_secs_f64());
-            let s = &m.infer;
-            s.success.add(ns(secs));
-            s.queue.add(done.queue_ns);
-            s.compute_input.add(done.input_ns);
-            s.compute_infer.add(done.infer_ns);
-            s.compute_output.add(done.output_ns);
-            s.inference_count.fetch_add(done.batch as u64, Relaxed);
-            s.execution_count.fetch_add(1, Relaxed);
-            s.last_inference_ms.store(crate::clock::unix_ms(), Relaxed);
+        Ok((active, done)) => {
+            record_success(&st.shared, &active, &done.timings, t0.elapsed());
             let mut r = Response::new(axum::body::Body::from(done.body));
             let h = r.headers_mut();
             if let Some(n) = done.header_len {
@@ -598,16 +680,7 @@ async fn infer_counted(
             r
         }
         Err(e) => {
-            m.infer.fail.add(ns(t0.elapsed()));
-            let counter = match e.status {
-                StatusCode::SERVICE_UNAVAILABLE => &m.busy,
-                s if s.is_client_error() => &m.bad_request,
-                _ => &m.errors,
-            };
-            counter.fetch_add(1, Relaxed);
-            if e.status.is_server_error() && e.status != StatusCode::SERVICE_UNAVAILABLE {
-                log::error!("infer on `{name}` failed: {}", e.message);
-            }
+            record_failure(&st.shared, &name, &e, t0.elapsed());
             e.into_response()
         }
     }
@@ -619,7 +692,7 @@ async fn infer_inner(
     version: Option<&str>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Done> {
+) -> ApiResult<(Arc<Active>, Done)> {
     let body = body.map_err(|r| {
         ApiError::new(
             r.status(),
@@ -636,23 +709,9 @@ async fn infer_inner(
     let rx = st
         .pool
         .submit(move || work(&model, body, wire, max_batch, queued))
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the server is busy: the request queue is full; retry later",
-            )
-        })?;
-    let done = rx.await.map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the inference worker dropped the request",
-        )
-    })??;
-    st.shared.metrics.observe_run(done.run_ms);
-    st.shared
-        .adapt
-        .observe(&active.engine, done.batch, done.run_ms);
-    Ok(done)
+        .map_err(|_| busy())?;
+    let done = rx.await.map_err(|_| dropped())??;
+    Ok((active, done))
 }
 
 // ---------------------------------------------------------------------------
