@@ -30,6 +30,8 @@ command -v promtool >/dev/null || need_apt+=(prometheus)
 # protoc: the gRPC interface test regenerates daemon/src/grpc/pb.rs to check
 # it is current (builds need no protoc: the generated file is committed).
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+# Headless Chromium: the status page test renders `/` and checks a screenshot.
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -880,3 +880,91 @@ fn a_broken_config_on_sighup_keeps_the_old_one_and_sd_notify_says_so() {
         "{metrics}"
     );
 }
+
+/// RGB pixels of a PNG (width, height, pixels).
+fn read_png(path: &Path) -> (u32, u32, Vec<[u8; 3]>) {
+    let file = std::fs::File::open(path).expect("the screenshot");
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .expect("a PNG");
+    let mut buf = vec![0; reader.output_buffer_size().expect("a sized PNG")];
+    let info = reader.next_frame(&mut buf).expect("a frame");
+    let step = match info.color_type {
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        other => panic!("screenshot colour type {other:?}"),
+    };
+    let px = buf[..info.buffer_size()]
+        .chunks_exact(step)
+        .map(|c| [c[0], c[1], c[2]])
+        .collect();
+    (info.width, info.height, px)
+}
+
+/// Pixels within `tol` of `rgb` on every channel.
+fn count_near(px: &[[u8; 3]], rgb: [u8; 3], tol: u8) -> usize {
+    px.iter()
+        .filter(|p| (0..3).all(|i| p[i].abs_diff(rgb[i]) <= tol))
+        .count()
+}
+
+/// The status page at `/` in a real browser: headless Chromium (Debian's
+/// `chromium`) renders it; the DOM it rendered names the active subnet and
+/// holds the chart, and its screenshot shows the chart: the front in blue
+/// (#36c) and the served point in red (#d22).
+#[test]
+fn the_status_page_renders_the_chart_and_the_active_subnet_in_chromium() {
+    let _serial = serial();
+    let f = fixture();
+    let tmp = TempDir::new("page");
+    let d = start(tmp.path(), f.ms[ORACLE] * 3.0, "", &[]);
+    let url = format!("http://{}/", d.addr);
+    let chromium = |extra: &str| {
+        // `timeout` bounds a browser that would not exit.
+        Command::new("timeout")
+            .args([
+                "120",
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--window-size=1000,900",
+                extra,
+                &url,
+            ])
+            .output()
+            .expect("chromium runs (Debian's chromium: scripts/install-deps.sh)")
+    };
+    let dom = chromium("--dump-dom");
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    let subnet = FRONT[ORACLE].0;
+    assert!(
+        dom.contains(&format!(
+            "<span class=\"subnet\" id=\"active-subnet\">{subnet}</span>"
+        )),
+        "the rendered page does not show the active subnet `{subnet}`:\n{dom}"
+    );
+    assert!(dom.contains("<svg id=\"front\""), "no chart:\n{dom}");
+    let shot = tmp.path().join("status.png");
+    let out = chromium(&format!("--screenshot={}", shot.display()));
+    assert!(
+        out.status.success() && shot.is_file(),
+        "chromium --screenshot failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (w, h, px) = read_png(&shot);
+    let red = count_near(&px, [0xdd, 0x22, 0x22], 40);
+    let blue = count_near(&px, [0x33, 0x66, 0xcc], 40);
+    println!(
+        "status page screenshot {w}x{h}: {red} red (served point) and {blue} blue (front) pixels"
+    );
+    // The served point is a circle of radius 7 (about 150 px); the other
+    // three points (radius 4) and the staircase are blue.
+    assert!(
+        red >= 80,
+        "the served point is not visible: {red} red pixels"
+    );
+    assert!(blue >= 100, "the front is not visible: {blue} blue pixels");
+}

@@ -217,6 +217,7 @@ th{background:#f3f3f3}h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.2em}.su
             &mut p,
             "accuracy (oracle / served / given up)",
             match &served {
+                _ if r.images == 0 => "not measured: no validation_data on this board".to_string(),
                 Some(s) => format!(
                     "{:.2}% / {:.2}% / {:.2} points on {} images",
                     r.oracle_accuracy * 100.0,

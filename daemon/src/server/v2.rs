@@ -764,11 +764,16 @@ pub async fn adaptation(
     let served = active
         .as_ref()
         .and_then(|a| r.and_then(|r| r.point(&a.engine.subnet)));
+    // Without local data (an oracle-only result, 0 images) nothing was
+    // measured: the percentages are null, not the placeholder 100%.
     let pct = |f: f64| (f * 1e4).round() / 100.0;
     let accuracy = r.map(|r| {
+        let measured = r.images > 0;
+        let served = served.filter(|_| measured);
         json!({
             "unit": "percent",
-            "oracle_pct": pct(r.oracle_accuracy),
+            "measured": measured,
+            "oracle_pct": measured.then(|| pct(r.oracle_accuracy)),
             "served_pct": served.map(|p| pct(p.accuracy)),
             "given_up_pct": served.map(|p| pct(r.oracle_accuracy - p.accuracy)),
             "oracle_images": r.images,
