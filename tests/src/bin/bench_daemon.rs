@@ -3,10 +3,11 @@
 //! Starts the real `adaptived` (next to this binary, or `$ADAPTIVED_BIN`) on
 //! a free loopback port with a signed oracle-only bundle of the fixture,
 //! then prints:
-//! - request overhead: HTTP/JSON infer and HTTP with the KServe binary
-//!   tensor data extension (binary input, as Triton clients send it) at
-//!   batch 1 (keep-alive) against running the same plan in-process with
-//!   tract (interleaved runs in the same process, medians, and ratios);
+//! - request overhead: HTTP/JSON infer, HTTP with the KServe binary
+//!   tensor data extension (binary input, as Triton clients send it) and
+//!   gRPC `ModelInfer` with raw contents, at batch 1 (keep-alive, one
+//!   connection each) against running the same plan in-process with tract
+//!   (interleaved runs in the same process, medians, and ratios);
 //! - the daemon's resident memory (RSS, peak) against the bundle size;
 //! - the daemon's CPU use while idle, over a few seconds.
 //!
@@ -17,6 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use adaptivenet_daemon::engine::Engine;
+use adaptivenet_daemon::grpc::pb;
 use adaptivenet_onnx::bundle::Bundle;
 use adaptivenet_onnx::measure::median;
 use adaptivenet_testkit::bundles::{demo_public_key, drop_bundle, signed_bundle};
@@ -65,7 +67,7 @@ fn main() -> Result<()> {
     let work = TempDir::new("bench");
     let bytes = signed_bundle(1);
     let bundle_size = bytes.len() as u64;
-    let daemon = Daemon::start(work.path(), "worker_threads: 1\n");
+    let daemon = Daemon::start(work.path(), "worker_threads: 1\ngrpc_listen: 127.0.0.1:0\n");
     let pid = daemon.child.id();
     let rss_empty = proc_status_kb(pid, "VmRSS:").unwrap_or(0);
     // Install the bundle (renamed in) and wait until it serves.
@@ -105,6 +107,25 @@ fn main() -> Result<()> {
         ("Inference-Header-Content-Length", head_len.as_str()),
     ];
     let input = engine.tensor(1, image.clone())?;
+    let log = daemon.log_text();
+    let grpc_addr = log
+        .split("gRPC listening on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .ok_or_else(|| anyhow!("no gRPC address in the daemon's log"))?
+        .to_string();
+    let mut grpc = GrpcClient::connect(&grpc_addr)?;
+    let grpc_req = pb::ModelInferRequest {
+        model_name: bundle.manifest.model.name.clone(),
+        inputs: vec![pb::model_infer_request::InferInputTensor {
+            name: bundle.manifest.input.name.clone(),
+            datatype: "FP32".into(),
+            shape: vec![1, 1, 28, 28],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![image.iter().flat_map(|f| f.to_le_bytes()).collect()],
+        ..Default::default()
+    };
     let path = format!("/v2/models/{}/infer", bundle.manifest.model.name);
     for _ in 0..50 {
         engine.run(input.clone())?;
@@ -116,9 +137,11 @@ fn main() -> Result<()> {
         if r.status != 200 {
             bail!("binary infer answered {}: {}", r.status, r.text());
         }
+        grpc.infer(grpc_req.clone())?;
     }
     let (mut local, mut http) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
     let mut http_bin = Vec::with_capacity(runs);
+    let mut grpc_ms = Vec::with_capacity(runs);
     for _ in 0..runs {
         let t = Instant::now();
         engine.run(input.clone())?;
@@ -135,9 +158,13 @@ fn main() -> Result<()> {
         if r.status != 200 {
             bail!("binary infer answered {}", r.status);
         }
+        let t = Instant::now();
+        grpc.infer(grpc_req.clone())?;
+        grpc_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let (ml, mh) = (median(&mut local), median(&mut http));
     let mb = median(&mut http_bin);
+    let mg = median(&mut grpc_ms);
     let rss = proc_status_kb(pid, "VmRSS:").unwrap_or(0);
     let hwm = proc_status_kb(pid, "VmHWM:").unwrap_or(0);
 
@@ -159,13 +186,16 @@ fn main() -> Result<()> {
     println!("| tract in-process, batch 1 (median) | {ml:.3} ms |");
     println!("| daemon HTTP/JSON infer, batch 1, keep-alive (median) | {mh:.3} ms |");
     println!("| daemon HTTP binary tensor data infer, batch 1, keep-alive (median) | {mb:.3} ms |");
+    println!("| daemon gRPC ModelInfer, raw contents, batch 1 (median) | {mg:.3} ms |");
     println!(
-        "| overhead per request, JSON / binary | {:.3} ms / {:.3} ms |",
+        "| overhead per request, JSON / binary / gRPC | {:.3} ms / {:.3} ms / {:.3} ms |",
         mh - ml,
-        mb - ml
+        mb - ml,
+        mg - ml
     );
     println!("| ratio daemon / in-process, JSON | {:.2} |", mh / ml);
     println!("| ratio daemon / in-process, binary | {:.2} |", mb / ml);
+    println!("| ratio daemon / in-process, gRPC | {:.2} |", mg / ml);
     println!(
         "| bundle size | {:.2} MiB |",
         bundle_size as f64 / 1048576.0
@@ -186,6 +216,48 @@ fn main() -> Result<()> {
     println!("| idle CPU over {idle_s} s | {idle_pct:.2} % of one core |");
     drop(daemon);
     Ok(())
+}
+
+/// A blocking gRPC client of the daemon's `ModelInfer` (one HTTP/2
+/// connection), on a current-thread runtime.
+struct GrpcClient {
+    rt: tokio::runtime::Runtime,
+    grpc: tonic::client::Grpc<tonic::transport::Channel>,
+}
+
+impl GrpcClient {
+    fn connect(addr: &str) -> Result<GrpcClient> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let channel = rt.block_on(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect(),
+        )?;
+        Ok(GrpcClient {
+            rt,
+            grpc: tonic::client::Grpc::new(channel),
+        })
+    }
+
+    fn infer(&mut self, req: pb::ModelInferRequest) -> Result<pb::ModelInferResponse> {
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+            "/inference.GRPCInferenceService/ModelInfer",
+        );
+        let grpc = &mut self.grpc;
+        let resp = self.rt.block_on(async {
+            grpc.ready().await?;
+            let codec =
+                tonic_prost::ProstCodec::<pb::ModelInferRequest, pb::ModelInferResponse>::default();
+            grpc.unary(tonic::Request::new(req), path, codec)
+                .await
+                .map_err(anyhow::Error::from)
+        })?;
+        let resp = resp.into_inner();
+        if resp.raw_output_contents.len() != 1 {
+            bail!("gRPC answer without raw contents: {resp:?}");
+        }
+        Ok(resp)
+    }
 }
 
 fn profile(daemon: &Path) -> &'static str {
