@@ -63,9 +63,9 @@ pub struct SearchArgs {
     /// Evaluation threads (default: the number of CPUs).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Cache results here (keyed by bundle sha256 and device fingerprint):
-    /// the global `--state-dir`, passed in by `main`.
-    #[arg(skip)]
+    /// Cache results in this state directory's `search/` (keyed by bundle
+    /// sha256 and device fingerprint); also accepted before `search`.
+    #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Write the JSON report here.
     #[arg(long)]
@@ -157,7 +157,7 @@ fn calibration(bundle: &Bundle) -> Result<Option<Dataset>> {
 /// Run `adaptived search`.
 pub fn run(args: &SearchArgs, state_dir: Option<PathBuf>) -> Result<()> {
     let mut args = args.clone();
-    args.state_dir = state_dir.or(args.state_dir);
+    args.state_dir = args.state_dir.or(state_dir);
     let args = &args;
     check_args(args)?;
     let bundle = open_bundle(args)?;

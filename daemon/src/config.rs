@@ -144,8 +144,10 @@ impl<'de> Deserialize<'de> for Listen {
 }
 
 /// The latency budget: an absolute `ms`, or a `fraction` of the oracle's
-/// latency on this device, at a `percentile` of request latencies.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// latency on this device, at a `percentile` of request latencies. Two
+/// budgets are equal when they mean the same ([`LatencyBudget::budget`]):
+/// no key given equals `fraction: 1.0` (which is how the config prints).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LatencyBudget {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -170,6 +172,12 @@ impl Default for LatencyBudget {
 pub enum Budget {
     Ms(f64),
     Fraction(f64),
+}
+
+impl PartialEq for LatencyBudget {
+    fn eq(&self, other: &Self) -> bool {
+        self.budget() == other.budget() && self.percentile == other.percentile
+    }
 }
 
 impl LatencyBudget {

@@ -32,30 +32,50 @@ mod cmd_search;
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
-    /// The config file (default /etc/adaptivenet/config.yaml; absent means defaults).
-    #[arg(long, global = true)]
-    config: Option<PathBuf>,
-    /// Listen address: HOST:PORT or unix:/path (overrides `listen`).
-    #[arg(long, global = true)]
-    listen: Option<String>,
-    /// The watched bundle directory (overrides `bundle_dir`).
-    #[arg(long, global = true)]
-    bundle_dir: Option<PathBuf>,
-    /// The state directory (overrides `state_dir`).
-    #[arg(long, global = true)]
-    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    daemon: DaemonArgs,
     /// Serve the demo bundle with the demo validation data on 127.0.0.1:8080
     /// (takes no other option than --listen).
     #[arg(long)]
     demo: bool,
 }
 
+/// Where the daemon's config and folders come from (given before or after
+/// `serve` / `check-config`; after wins).
+#[derive(clap::Args, Clone, Default)]
+struct DaemonArgs {
+    /// The config file (default /etc/adaptivenet/config.yaml; absent means defaults).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Listen address: HOST:PORT or unix:/path (overrides `listen`).
+    #[arg(long)]
+    listen: Option<String>,
+    /// The watched bundle directory (overrides `bundle_dir`).
+    #[arg(long)]
+    bundle_dir: Option<PathBuf>,
+    /// The state directory (overrides `state_dir`).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+impl DaemonArgs {
+    /// These, with `later`'s (the subcommand's) where given.
+    fn with(&self, later: &DaemonArgs) -> DaemonArgs {
+        DaemonArgs {
+            config: later.config.clone().or_else(|| self.config.clone()),
+            listen: later.listen.clone().or_else(|| self.listen.clone()),
+            bundle_dir: later.bundle_dir.clone().or_else(|| self.bundle_dir.clone()),
+            state_dir: later.state_dir.clone().or_else(|| self.state_dir.clone()),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the daemon (the default).
-    Serve,
+    Serve(DaemonArgs),
     /// Validate the config and print the effective config as YAML.
-    CheckConfig,
+    CheckConfig(DaemonArgs),
     /// Search a bundle's best subnets for this device on local data.
     Search(Box<cmd_search::SearchArgs>),
 }
@@ -63,22 +83,41 @@ enum Cmd {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Some(Cmd::CheckConfig) => check_config(&cli),
-        Some(Cmd::Search(ref args)) => cmd_search::run(args, cli.state_dir.clone()),
-        Some(Cmd::Serve) | None => serve(&cli),
+    let result = match &cli.command {
+        Some(Cmd::CheckConfig(a)) => check_config(&cli.daemon.with(a)),
+        Some(Cmd::Search(args)) => cmd_search::run(args, cli.daemon.state_dir.clone()),
+        Some(Cmd::Serve(a)) => serve(&cli.daemon.with(a), cli.demo),
+        None => serve(&cli.daemon, cli.demo),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("adaptived: error: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("adaptived: error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// An error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    // Each cause once: typed errors often repeat their source in their own
+    // message, so a cause already in the text is not appended again.
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// The config source the command line names.
-fn source(cli: &Cli) -> ConfigSource {
+fn source(cli: &DaemonArgs) -> ConfigSource {
     ConfigSource {
         file: cli.config.clone(),
         listen: cli.listen.clone(),
@@ -87,7 +126,7 @@ fn source(cli: &Cli) -> ConfigSource {
     }
 }
 
-fn check_config(cli: &Cli) -> Result<()> {
+fn check_config(cli: &DaemonArgs) -> Result<()> {
     let c = source(cli).load()?;
     read_keys(&c)?;
     if let Some(v) = &c.validation_data {
@@ -106,8 +145,8 @@ fn check_config(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-fn serve(cli: &Cli) -> Result<()> {
-    let (config, demo) = if cli.demo {
+fn serve(cli: &DaemonArgs, demo: bool) -> Result<()> {
+    let (config, demo) = if demo {
         if cli.config.is_some() || cli.bundle_dir.is_some() || cli.state_dir.is_some() {
             bail!("--demo sets its own config and folders; only --listen may be given with it");
         }
@@ -131,7 +170,7 @@ fn serve(cli: &Cli) -> Result<()> {
     );
     let shared = Arc::new(Shared::default());
     let service = Service::start(config.clone(), shared.clone())?;
-    let reload_source = (!cli.demo).then(|| source(cli));
+    let reload_source = demo.is_none().then(|| source(cli));
     // The last good bundle serves at once (before the listener is up).
     service.restore();
     if let Some(d) = &demo {

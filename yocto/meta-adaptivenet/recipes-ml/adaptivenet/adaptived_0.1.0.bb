@@ -19,7 +19,7 @@ SRC_URI = "${ADAPTIVENET_GIT_URI};destsuffix=adaptivenet"
 # A commit whose Cargo.lock is the one adaptived-crates.inc was generated
 # from (and which has LICENSE-*): move it with every regeneration and at each
 # release (yocto/README.md, "Keeping the recipe true").
-SRCREV = "26e790dde1584fd6ec52c183fa666d5b607dccd4"
+SRCREV = "731200e9ab0581ce14e2cec8a758c8766c8a471b"
 
 # scarthgap unpacks into WORKDIR, later releases into UNPACKDIR; with an
 # explicit destsuffix the source folder is the same on both.

@@ -13,7 +13,7 @@ LIC_FILES_CHKSUM = "file://LICENSE-MIT;md5=315aad16083ab9df0d219a9bee94e14e \
 
 ADAPTIVENET_GIT_URI ?= "git://example.invalid/adaptivenet.git;protocol=https;branch=main"
 SRC_URI = "${ADAPTIVENET_GIT_URI};destsuffix=adaptivenet"
-SRCREV = "26e790dde1584fd6ec52c183fa666d5b607dccd4"
+SRCREV = "731200e9ab0581ce14e2cec8a758c8766c8a471b"
 S = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}/adaptivenet"
 
 
