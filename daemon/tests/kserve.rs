@@ -253,9 +253,35 @@ fn metrics_pass_promtool_before_and_after_the_search() {
     let before = check("before the first bundle");
     assert!(before.contains("adaptived_swaps_total 0"), "{before}");
     drop_bundle(&d.bundle_dir, "fmnist-v1.bundle", &signed_bundle(1));
+    // While it searches, /adaptation shows the phase, done/total and ETA.
+    let progress = std::cell::RefCell::new(None::<serde_json::Value>);
     d.wait_for("the search to finish", Duration::from_secs(300), |a| {
+        let p = &a["search"]["progress"];
+        if a["search"]["state"] == "running"
+            && p["phase"].is_string()
+            && p["total"].as_u64().is_some_and(|t| t > 0)
+        {
+            progress.borrow_mut().get_or_insert_with(|| p.clone());
+        }
         served_version(a) == Some(1) && a["search"]["state"] == "idle" && !a["accuracy"].is_null()
     });
+    let log = d.log_text();
+    let took: f64 = log
+        .split("search done for ")
+        .nth(1)
+        .and_then(|r| r.split(" in ").nth(1))
+        .and_then(|r| r.split(" s").next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no `search done` line in the log:\n{log}"));
+    let seen = progress.into_inner();
+    println!("search took {took:.2} s; progress seen while running: {seen:?}");
+    // Polled every few tens of ms: a search of more than a second is seen.
+    if took > 1.0 {
+        assert!(
+            seen.is_some(),
+            "no search progress in /adaptation during a {took:.2} s search"
+        );
+    }
     let mut c = d.client();
     let r = infer(&mut c, &infer_body("FP32", &[1, 1, 28, 28], &[0.0; 784]));
     assert_eq!(r.status, 200, "{}", r.text());

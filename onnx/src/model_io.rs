@@ -76,6 +76,88 @@ fn validate(model: &ModelProto) -> std::result::Result<(), String> {
             ));
         }
     }
+    check_constant_sizes(graph)
+}
+
+/// The most elements a tensor whose size comes from constants in the model
+/// (`ConstantOfShape`, `Expand`, `Range`) may have: 2^26 (256 MiB of FP32),
+/// far above what a CNN makes this way, far below what takes a board down.
+pub const MAX_CONSTANT_ELEMENTS: u64 = 1 << 26;
+
+/// The largest product of `Tile` repeats.
+const MAX_TILE_FACTOR: u64 = 1 << 16;
+
+/// Nothing sized by the model's constants may exceed [`MAX_CONSTANT_ELEMENTS`]:
+/// tract folds constants while it analyses a graph, so a 20-byte
+/// `ConstantOfShape` of `[2^20, 2^20]` would make it allocate terabytes
+/// (found by the `onnx_blocks` fuzz target).
+fn check_constant_sizes(graph: &tract_onnx::pb::GraphProto) -> std::result::Result<(), String> {
+    use std::collections::HashMap;
+    use tract_onnx::pb::TensorProto;
+    let mut consts: HashMap<&str, &TensorProto> = graph
+        .initializer
+        .iter()
+        .map(|t| (t.name.as_str(), t))
+        .collect();
+    for node in graph.node.iter().filter(|n| n.op_type == "Constant") {
+        let value = node.attribute.iter().find(|a| a.name == "value");
+        if let (Some(out), Some(t)) = (node.output.first(), value.and_then(|a| a.t.as_ref())) {
+            consts.insert(out.as_str(), t);
+        }
+    }
+    let ints = |name: Option<&String>| -> Option<Vec<i64>> {
+        let t = consts.get(name?.as_str())?;
+        if !t.int64_data.is_empty() {
+            return Some(t.int64_data.clone());
+        }
+        if !t.int32_data.is_empty() {
+            return Some(t.int32_data.iter().map(|&v| i64::from(v)).collect());
+        }
+        (t.raw_data.len() % 8 == 0 && t.data_type == 7).then(|| {
+            t.raw_data
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect()
+        })
+    };
+    let product = |dims: &[i64]| -> u64 {
+        dims.iter()
+            .fold(1u64, |p, &d| p.saturating_mul(d.unsigned_abs().max(1)))
+    };
+    for node in &graph.node {
+        let (what, n, limit) = match node.op_type.as_str() {
+            "ConstantOfShape" => match ints(node.input.first()) {
+                Some(shape) => ("a tensor of", product(&shape), MAX_CONSTANT_ELEMENTS),
+                None => continue,
+            },
+            "Expand" => match ints(node.input.get(1)) {
+                Some(shape) => ("a tensor of", product(&shape), MAX_CONSTANT_ELEMENTS),
+                None => continue,
+            },
+            "Tile" => match ints(node.input.get(1)) {
+                Some(repeats) => ("its input repeated", product(&repeats), MAX_TILE_FACTOR),
+                None => continue,
+            },
+            "Range" => {
+                let one = |i: usize| ints(node.input.get(i)).and_then(|v| v.first().copied());
+                match (one(0), one(1), one(2)) {
+                    (Some(start), Some(limit), Some(delta)) if delta != 0 => {
+                        let span = (i128::from(limit) - i128::from(start)) / i128::from(delta);
+                        let n = u64::try_from(span.max(0)).unwrap_or(u64::MAX);
+                        ("a range of", n, MAX_CONSTANT_ELEMENTS)
+                    }
+                    _ => continue,
+                }
+            }
+            _ => continue,
+        };
+        if n > limit {
+            return Err(format!(
+                "node `{}` ({}) would make {what} {n} elements (at most {limit}): refusing the model",
+                node.name, node.op_type
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -130,6 +212,50 @@ mod tests {
                 "prefix of {cut} bytes accepted"
             );
         }
+    }
+
+    #[test]
+    fn a_constant_of_shape_too_large_to_allocate_is_refused() {
+        use tract_onnx::pb::{
+            GraphProto, NodeProto, OperatorSetIdProto, TensorProto, ValueInfoProto,
+        };
+        let model = |dims: Vec<i64>| ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 13,
+            }],
+            graph: Some(GraphProto {
+                node: vec![NodeProto {
+                    name: "big".into(),
+                    op_type: "ConstantOfShape".into(),
+                    input: vec!["shape".into()],
+                    output: vec!["y".into()],
+                    ..Default::default()
+                }],
+                initializer: vec![TensorProto {
+                    name: "shape".into(),
+                    data_type: 7,
+                    dims: vec![dims.len() as i64],
+                    raw_data: dims.iter().flat_map(|d| d.to_le_bytes()).collect(),
+                    ..Default::default()
+                }],
+                output: vec![ValueInfoProto {
+                    name: "y".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = decode_model(&encode_model(&model(vec![1 << 20, 1 << 20])), "big.onnx")
+            .expect_err("a 2^40-element constant")
+            .to_string();
+        assert!(
+            err.contains("`big` (ConstantOfShape)") && err.contains("refusing"),
+            "{err}"
+        );
+        decode_model(&encode_model(&model(vec![4, 8])), "small.onnx").expect("a small constant");
     }
 
     #[test]
