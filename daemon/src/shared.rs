@@ -171,11 +171,21 @@ impl Shared {
 
     /// Record a rejected bundle.
     pub fn reject(&self, file: &str, reason: &str) {
+        self.reject_with(file, reason, || ());
+    }
+
+    /// Record a rejection while `files` puts the rejected bundle and its
+    /// `.reason` in place, under the status lock: whoever sees the
+    /// rejection in `/adaptation` finds the files, and whoever sees the
+    /// `.reason` file (the OTA modules wait on it) finds it in
+    /// `/adaptation` (a read waits for the lock).
+    pub fn reject_with<T>(&self, file: &str, reason: &str, files: impl FnOnce() -> T) -> T {
         log::warn!("rejected bundle {file}: {reason}");
+        let mut h = self.history();
+        let out = files();
         self.metrics
             .rejected
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut h = self.history();
         h.rejected.push_back(Rejected {
             file: file.to_string(),
             reason: reason.to_string(),
@@ -184,6 +194,7 @@ impl Shared {
         while h.rejected.len() > HISTORY {
             h.rejected.pop_front();
         }
+        out
     }
 
     /// The active bundle failed its checks at start and the previous slot

@@ -350,17 +350,19 @@ fn tar_is_whole(path: &Path) -> Result<(), String> {
 /// Reject a claimed bundle: into `rejected/` with its reason.
 fn reject_claim(svc: &Service, claim: &Claim, reason: &str) {
     let dir = &svc.config.bundle_dir;
-    // Moved aside first, so the file and its `.reason` are in place by the
-    // time the rejection shows in `/adaptation`.
-    match move_rejected(dir, &claim.path, &claim.name, reason) {
+    // The files and the record appear together (see `Shared::reject_with`).
+    let moved = svc.shared.reject_with(&claim.name, reason, || {
+        let moved = move_rejected(dir, &claim.path, &claim.name, reason);
+        prune_rejected(dir, svc.config.watch.keep_rejected);
+        moved
+    });
+    match moved {
         Ok(dest) => log::info!("moved {} to {}", claim.name, dest.display()),
         Err(e) => log::error!(
             "{}: cannot move it to {REJECTED_DIR}/ ({e}); removing it",
             claim.path.display()
         ),
     }
-    prune_rejected(dir, svc.config.watch.keep_rejected);
-    svc.shared.reject(&claim.name, reason);
 }
 
 /// Check and install a claimed bundle (its marker is written first), then

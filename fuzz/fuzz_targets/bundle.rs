@@ -1,4 +1,7 @@
 //! cargo-fuzz target `bundle`: see `adaptivenet_fuzz::bundle`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| adaptivenet_fuzz::bundle(data));
+libfuzzer_sys::fuzz_target!(
+    init: adaptivenet_fuzz::count_only_escaped_panics(),
+    |data: &[u8]| adaptivenet_fuzz::bundle(data)
+);
