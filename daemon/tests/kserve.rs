@@ -25,46 +25,48 @@ fn serving(root: &std::path::Path) -> Daemon {
     d
 }
 
-#[test]
-fn the_stock_triton_http_client_works_with_its_defaults() {
+/// Run `tests/scripts/SCRIPT` (a stock tritonclient driver; `module` is the
+/// client module it needs) with `args`; it must print `MARKER: ok`.
+fn run_client_script(d: &Daemon, module: &str, script: &str, args: &[String]) {
     let probe = Command::new("python3")
-        .args(["-c", "import tritonclient.http, numpy"])
+        .args(["-c", &format!("import {module}, numpy")])
         .status()
         .expect("python3 runs");
     assert!(
         probe.success(),
-        "tritonclient[http] is not installed: run scripts/install-deps.sh"
+        "{module} is not installed: run scripts/install-deps.sh"
     );
-    let tmp = TempDir::new("kserve");
-    let d = serving(tmp.path());
-    let script = repo().join("tests/scripts/triton_client.py");
     let out = Command::new("python3")
-        .arg(&script)
-        .arg(d.addr.to_string())
-        .arg(MODEL)
+        .arg(repo().join("tests/scripts").join(script))
+        .args(args)
         .output()
         .expect("python3 runs the client script");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
+    let marker = format!("{}: ok", script.trim_end_matches(".py"));
     assert!(
-        out.status.success() && stdout.contains("triton_client: ok"),
-        "the Triton client script failed ({}):\n{stdout}\n{stderr}\ndaemon log:\n{}",
+        out.status.success() && stdout.contains(&marker),
+        "{script} failed ({}):\n{stdout}\n{stderr}\ndaemon log:\n{}",
         out.status,
         d.log_text()
     );
 }
 
 #[test]
-fn the_stock_triton_grpc_client_works_with_its_defaults() {
-    let probe = Command::new("python3")
-        .args(["-c", "import tritonclient.grpc, numpy"])
-        .status()
-        .expect("python3 runs");
-    assert!(
-        probe.success(),
-        "tritonclient[grpc] is not installed: run scripts/install-deps.sh"
+fn the_stock_triton_http_client_works_with_its_defaults() {
+    let tmp = TempDir::new("kserve");
+    let d = serving(tmp.path());
+    run_client_script(
+        &d,
+        "tritonclient.http",
+        "triton_client.py",
+        &[d.addr.to_string(), MODEL.into()],
     );
+}
+
+#[test]
+fn the_stock_triton_grpc_client_works_with_its_defaults() {
     let tmp = TempDir::new("kserve-grpc");
     let d = Daemon::start(tmp.path(), "grpc_listen: 127.0.0.1:0\n");
     drop_bundle(&d.bundle_dir, "fmnist-v1.bundle", &signed_bundle(1));
@@ -78,22 +80,11 @@ fn the_stock_triton_grpc_client_works_with_its_defaults() {
         .and_then(|r| r.split_whitespace().next())
         .unwrap_or_else(|| panic!("no gRPC address in the log:\n{log}"))
         .to_string();
-    let script = repo().join("tests/scripts/triton_grpc_client.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(&grpc)
-        .arg(d.addr.to_string())
-        .arg(MODEL)
-        .output()
-        .expect("python3 runs the client script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(
-        out.status.success() && stdout.contains("triton_grpc_client: ok"),
-        "the Triton gRPC client script failed ({}):\n{stdout}\n{stderr}\ndaemon log:\n{}",
-        out.status,
-        d.log_text()
+    run_client_script(
+        &d,
+        "tritonclient.grpc",
+        "triton_grpc_client.py",
+        &[grpc, d.addr.to_string(), MODEL.into()],
     );
     // gRPC requests count in the same metrics as HTTP ones.
     let m = d.client().get("/metrics").expect("GET /metrics").text();
