@@ -109,8 +109,8 @@ pub struct SearchArgs {
     pub polish: f64,
     #[arg(long, default_value_t = SearchParams::default().seed)]
     pub seed: u64,
-    /// Evaluation batch size.
-    #[arg(long, default_value_t = 50)]
+    /// Evaluation batch size (1: tract's lazy im2col, the least CPU).
+    #[arg(long, default_value_t = Options::default().eval_batch)]
     pub eval_batch: usize,
     /// Latency timing: warm-up rounds.
     #[arg(long, default_value_t = TimingOptions::default().warmup)]
@@ -352,6 +352,16 @@ fn print_search(s: &Searched) {
         c.outcome.naive_runs,
         c.outcome.naive_runs as f64 / c.outcome.tree_runs.max(1) as f64,
         c.cache_bound_bytes as f64 / (1 << 20) as f64
+    );
+    let ph = &c.outcome.phases;
+    let secs = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} s"));
+    println!(
+        "phases: latency table {}, prediction check {}, screening {:.1} s, polish {:.1} s, finishing {:.1} s",
+        secs(c.table.as_ref().map(|t| t.seconds)),
+        secs(c.check.as_ref().map(|k| k.seconds)),
+        ph.screening,
+        ph.polish,
+        ph.finishing
     );
 }
 

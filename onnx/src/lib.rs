@@ -32,7 +32,7 @@ pub use fsutil::write_atomically;
 pub use graph::GraphIndex;
 pub use model_io::{load_model, save_model};
 pub use oracle::{LayoutSummary, Oracle};
-pub use plan::{ChainedPlans, Plan};
+pub use plan::{ChainedPlans, OpTime, Plan};
 pub use rng::SplitMix;
 
 /// The tract version this crate runs on (part of a device fingerprint).

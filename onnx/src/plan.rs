@@ -1,7 +1,10 @@
 //! Block plans: any span c_i -> c_j (or a whole model) compiled into its own
-//! optimised tract plan with a concrete input shape, and chains of them.
+//! optimised tract plan with a concrete input shape, and chains of them;
+//! a per-op profile of a plan's run.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
@@ -86,6 +89,52 @@ impl Plan {
         }
         Ok(out.remove(0).into_tensor())
     }
+
+    /// Where a run's time goes: `runs` runs of `input`, each node timed,
+    /// summed per tract op name (`OptMatMul`, `LazyIm2col`, ...) and sorted
+    /// by time, most first. Times are totals over the runs.
+    pub fn profile_ops(&self, input: &Tensor, runs: usize) -> Result<Vec<OpTime>> {
+        let mut by_op: HashMap<String, (Duration, usize)> = HashMap::new();
+        crate::guard(&format!("profiling {}", self.label), || {
+            let mut state = tract_onnx::tract_core::plan::SimpleState::new(&self.runnable)?;
+            for _ in 0..runs.max(1) {
+                state.run_plan_with_eval(
+                    tvec!(input.clone().into()),
+                    |session, op_state, node, inputs| {
+                        let t = Instant::now();
+                        let out =
+                            tract_onnx::tract_core::plan::eval(session, op_state, node, inputs);
+                        let e = by_op.entry(node.op().name().to_string()).or_default();
+                        e.0 += t.elapsed();
+                        e.1 += 1;
+                        out
+                    },
+                )?;
+            }
+            Ok(())
+        })?;
+        let mut ops: Vec<OpTime> = by_op
+            .into_iter()
+            .map(|(op, (time, nodes_run))| OpTime {
+                op,
+                seconds: time.as_secs_f64(),
+                nodes_run,
+            })
+            .collect();
+        ops.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+        Ok(ops)
+    }
+}
+
+/// One op kind's share of [`Plan::profile_ops`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpTime {
+    /// tract's name of the optimised op.
+    pub op: String,
+    /// Total time in nodes of this op over all the runs, s.
+    pub seconds: f64,
+    /// Node evaluations of this op over all the runs.
+    pub nodes_run: usize,
 }
 
 /// Plans for a path of spans, run one after the other.

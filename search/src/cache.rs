@@ -111,6 +111,7 @@ impl SearchResult {
                 tree_runs: 0,
                 naive_runs: 0,
                 seconds: 0.0,
+                phases: Default::default(),
             },
             oracle_ms,
             oracle_accuracy: 1.0,

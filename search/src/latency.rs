@@ -202,6 +202,9 @@ pub struct PredictionCheck {
     /// The same against chained plans, %.
     pub chained_mean_error_pct: f64,
     pub chained_max_error_pct: f64,
+    /// Wall time of the check (compiling and timing the sample), s.
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 /// Materialise `subnet` and compile it at batch 1.
@@ -231,6 +234,7 @@ pub fn check(
     sample: usize,
     seed: u64,
 ) -> Result<PredictionCheck> {
+    let start = Instant::now();
     let look = table.lookup();
     let mut rng = Rng::seeded(seed);
     let mut subnets = vec![net.oracle()];
@@ -314,5 +318,6 @@ pub fn check(
         max_error_pct,
         chained_mean_error_pct,
         chained_max_error_pct,
+        seconds: start.elapsed().as_secs_f64(),
     })
 }

@@ -41,5 +41,5 @@ pub use front::{choose, dominates, pareto_front, ranks, Choice, FrontPoint};
 pub use latency::{LatencyTable, PredictionCheck, TimingOptions};
 pub use pipeline::{oracle_only, search, Chosen, Options, Searched};
 pub use progress::{Phase, Progress, ProgressHook};
-pub use strategy::{Outcome, SearchParams, StrategyKind};
+pub use strategy::{Outcome, PhaseSeconds, SearchParams, StrategyKind};
 pub use supernet::{SpanPlans, Supernet};

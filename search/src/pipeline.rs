@@ -27,7 +27,10 @@ pub struct Options {
     pub timing: TimingOptions,
     /// Whole subnets timed to check the prediction (the oracle included).
     pub check_sample: usize,
-    /// Evaluation batch size.
+    /// Evaluation batch size. 1 (the default) evaluates with the plans the
+    /// latency table compiled, which tract runs with lazy im2col; at a
+    /// larger batch it materialises im2col matrices and the demo search
+    /// took 1.8x the CPU time (docs/results.md).
     pub eval_batch: usize,
     pub params: SearchParams,
     /// Restrict new branches to these kinds (`None`: all).
@@ -46,7 +49,7 @@ impl Default for Options {
                 .unwrap_or(1),
             timing: TimingOptions::default(),
             check_sample: 12,
-            eval_batch: 50,
+            eval_batch: 1,
             params: SearchParams::default(),
             kinds: None,
             state_dir: None,
@@ -166,7 +169,6 @@ pub fn search(bundle: &Bundle, data: &Dataset, options: &Options) -> Result<Sear
         options.check_sample,
         options.params.seed,
     )?;
-    drop(plans1);
     let oracle_ms = check.rows[0].measured_ms;
     log::info!(
         "latency prediction: mean error {:.1}%, max {:.1}% over {} subnets; oracle {:.3} ms",
@@ -176,7 +178,12 @@ pub fn search(bundle: &Bundle, data: &Dataset, options: &Options) -> Result<Sear
         oracle_ms
     );
     progress::report(&options.progress, Phase::Check, 1, 1);
-    let mut ev = Evaluator::new(&net, data, options.eval_batch, threads)?;
+    let mut ev = if options.eval_batch <= 1 {
+        Evaluator::with_plans(&net, data, plans1, threads)?
+    } else {
+        drop(plans1);
+        Evaluator::new(&net, data, options.eval_batch, threads)?
+    };
     ev.set_progress(options.progress.clone());
     let look = table.lookup();
     let outcome = strategy::search(&net, &look, &ev, &options.params)?;

@@ -59,6 +59,9 @@ pub struct ReportJson {
     pub evaluated: usize,
     pub latency: serde_json::Value,
     pub prefix_tree: serde_json::Value,
+    /// Wall time per phase, s: latency table and check (null when not
+    /// run), screening, polish, finishing.
+    pub phase_seconds: serde_json::Value,
     pub data: serde_json::Value,
 }
 
@@ -172,6 +175,7 @@ pub fn report_json(
                 "prediction_max_error_pct": k.max_error_pct,
                 "prediction_vs_chained_mean_error_pct": k.chained_mean_error_pct,
                 "prediction_vs_chained_max_error_pct": k.chained_max_error_pct,
+                "check_seconds": k.seconds,
                 "check": k.rows,
             }),
             _ => serde_json::Value::Null,
@@ -180,6 +184,13 @@ pub fn report_json(
             "plan_runs_tree": c.outcome.tree_runs,
             "plan_runs_naive": c.outcome.naive_runs,
             "cut_tensor_memory_bound_bytes": c.cache_bound_bytes,
+        }),
+        phase_seconds: serde_json::json!({
+            "latency_table": c.table.as_ref().map(|t| t.seconds),
+            "latency_check": c.check.as_ref().map(|k| k.seconds),
+            "screening": c.outcome.phases.screening,
+            "polish": c.outcome.phases.polish,
+            "finishing": c.outcome.phases.finishing,
         }),
         data,
     }

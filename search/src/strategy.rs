@@ -11,10 +11,12 @@
 //!   covered) become parents; children come from crossover at a cut both
 //!   parents pass through and from per-position mutation (probability 0.1);
 //!   a child already evaluated is redrawn. Each generation is evaluated as
-//!   one prefix tree. With `screen_images` below the data size, a two-rung
-//!   successive halving is used: generations are scored on the first
-//!   `screen_images` images, and the points near the front are then
-//!   finished on the rest; the front is built from finished points only.
+//!   one prefix tree. With `screen_images` below the data size, successive
+//!   halving is used: generations are scored on the first `screen_images`
+//!   images; the points near the front (at most `max_finish`) are then
+//!   scored on 4x as many images, the better half of them on 4x again, and
+//!   so on until the last rung scores its points on all the data; the front
+//!   is built from points scored on all the data only.
 //!   The first generation is the paper's: the oracle, the fastest subnet
 //!   and random subnets spread evenly over the predicted latency range.
 //!   A share of the evaluation budget (`polish`, default 40%) is kept
@@ -119,6 +121,19 @@ pub struct Outcome {
     pub tree_runs: usize,
     pub naive_runs: usize,
     pub seconds: f64,
+    /// Where `seconds` went.
+    #[serde(default)]
+    pub phases: PhaseSeconds,
+}
+
+/// Wall time of a strategy's phases, s: screening generations (or the
+/// exhaustive evaluation), the local search around the front, and
+/// finishing the points near the front on all the data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseSeconds {
+    pub screening: f64,
+    pub polish: f64,
+    pub finishing: f64,
 }
 
 /// The subnet of least predicted latency (shortest path over the table).
@@ -363,6 +378,31 @@ impl<'a> Archive<'a> {
     }
 }
 
+/// Each finishing rung scores its points on this many times the images of
+/// the rung before (capped at all the data) and keeps the better half.
+const FINISH_RUNG_FACTOR: usize = 4;
+
+/// At most `keep` of `points` within `margin` accuracy of the best point at
+/// their predicted latency or below, closest first.
+fn near_front(points: &[FrontPoint], margin: f64, keep: usize) -> Vec<SubnetId> {
+    let mut by_lat: Vec<usize> = (0..points.len()).collect();
+    by_lat.sort_by(|&a, &b| points[a].predicted_ms.total_cmp(&points[b].predicted_ms));
+    let mut best = f64::NEG_INFINITY;
+    let mut near: Vec<(f64, usize)> = Vec::new();
+    for &i in &by_lat {
+        best = best.max(points[i].accuracy);
+        let gap = best - points[i].accuracy;
+        if gap <= margin {
+            near.push((gap, i));
+        }
+    }
+    near.sort_by(|a, b| a.0.total_cmp(&b.0));
+    near.into_iter()
+        .take(keep.max(1))
+        .map(|(_, i)| points[i].subnet.clone())
+        .collect()
+}
+
 /// Run the configured strategy.
 pub fn search(
     net: &Supernet,
@@ -413,6 +453,10 @@ pub fn exhaustive(net: &Supernet, look: &LatencyLookup, ev: &Evaluator) -> Resul
         tree_runs: ar.tree_runs,
         naive_runs: ar.naive_runs,
         seconds: t.elapsed().as_secs_f64(),
+        phases: PhaseSeconds {
+            screening: t.elapsed().as_secs_f64(),
+            ..PhaseSeconds::default()
+        },
     })
 }
 
@@ -525,6 +569,7 @@ pub fn evolutionary(
         population.extend(parents.iter().cloned());
         generations += 1;
     }
+    let screened_at = t.elapsed().as_secs_f64();
     // local search around the front with what is left of the budget
     let polish_batch = polish_evals.div_ceil(4).max(1);
     let mut polished = 0;
@@ -556,31 +601,30 @@ pub fn evolutionary(
         polished += batch.len();
         ar.eval_to(&batch, screen)?;
     }
-    // second rung: finish the points near the screened front on the rest
+    let polished_at = t.elapsed().as_secs_f64();
+    // finish the points near the screened front on the rest of the data,
+    // in rungs of FINISH_RUNG_FACTOR times more images, halving the points
+    // kept at each rung
     let mut finished: Vec<SubnetId> = Vec::new();
     if screen < all_batches {
-        let pts = ar.points();
-        let mut near: Vec<(f64, usize)> = Vec::new();
-        let mut by_lat: Vec<usize> = (0..pts.len()).collect();
-        by_lat.sort_by(|&a, &b| pts[a].predicted_ms.total_cmp(&pts[b].predicted_ms));
-        let mut best = f64::NEG_INFINITY;
-        for &i in &by_lat {
-            best = best.max(pts[i].accuracy);
-            let gap = best - pts[i].accuracy;
-            if gap <= params.finish_margin {
-                near.push((gap, i));
+        let mut upto = screen;
+        let mut keep = params.max_finish.max(1);
+        let mut candidates = near_front(&ar.points(), params.finish_margin, keep);
+        loop {
+            if !candidates.contains(&net.oracle()) {
+                candidates.push(net.oracle());
             }
+            let next = upto.saturating_mul(FINISH_RUNG_FACTOR).min(all_batches);
+            ar.eval_to(&candidates, next)?;
+            upto = next;
+            if upto >= all_batches {
+                finished = candidates;
+                break;
+            }
+            keep = keep.div_ceil(2);
+            let pts: Vec<FrontPoint> = candidates.iter().map(|s| ar.point(s)).collect();
+            candidates = near_front(&pts, params.finish_margin, keep);
         }
-        near.sort_by(|a, b| a.0.total_cmp(&b.0));
-        finished = near
-            .into_iter()
-            .take(params.max_finish.max(1))
-            .map(|(_, i)| pts[i].subnet.clone())
-            .collect();
-        if !finished.contains(&net.oracle()) {
-            finished.push(net.oracle());
-        }
-        ar.eval_to(&finished, all_batches)?;
     }
     let points = ar.points();
     let full = ev.items(0..all_batches) as u64;
@@ -613,6 +657,11 @@ pub fn evolutionary(
         tree_runs: ar.tree_runs,
         naive_runs: ar.naive_runs,
         seconds: t.elapsed().as_secs_f64(),
+        phases: PhaseSeconds {
+            screening: screened_at,
+            polish: polished_at - screened_at,
+            finishing: t.elapsed().as_secs_f64() - polished_at,
+        },
     })
 }
 
