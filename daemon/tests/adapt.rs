@@ -477,14 +477,18 @@ fn under_cpu_hogs_it_moves_down_within_5_s_and_back_up_after() {
             .and_then(|(_, a)| a["measured_ms"]["count"].as_u64())
             .unwrap_or(0)
     ));
-    // Keep watching until the hogs end.
+    // Keep watching until the hogs end, noting the lowest point served.
     let hog_left = Duration::from_secs(10).saturating_sub(t_hogs.elapsed());
+    let lowest = std::cell::Cell::new(rank(&fast));
     watch(
         &d,
         t0,
         hog_left.min(Duration::from_secs(9)),
         &mut timeline,
-        |_| false,
+        |a| {
+            lowest.set(lowest.get().min(rank(&subnet_of(a))));
+            false
+        },
     );
     hogs.stop();
     let t_stop = Instant::now();
@@ -510,10 +514,14 @@ fn under_cpu_hogs_it_moves_down_within_5_s_and_back_up_after() {
     // The scheduler does not slow the daemon evenly under the hogs (measured
     // slowdowns 1.1-9.7 in one run): when it measured slack and moved back up
     // before 200 requests on the lower point, there is no p95 to judge.
+    // The hogs may slow the daemon further after the first move; then the
+    // policy must answer by moving down again (or already be on the fastest
+    // front point) while they still run.
     match p95_after {
         Some(p) => assert!(
-            p <= budget,
-            "p95 after the move {p:.3} ms > budget {budget:.3} ms"
+            p <= budget || lowest.get() < rank(&fast) || rank(&fast) == 0,
+            "p95 after the move {p:.3} ms > budget {budget:.3} ms on `{fast}`, and it did not move further down while the hogs ran:\n{}",
+            timeline.join("\n")
         ),
         None => println!("moved back up under the hogs before 200 requests on the lower point"),
     }
