@@ -174,7 +174,7 @@ pub fn run(args: &ElastifyArgs) -> Result<()> {
             tool_version: env!("CARGO_PKG_VERSION").into(),
             oracle_sha256: adaptivenet_onnx::bundle::sha256_of_file(oracle_path)
                 .with_context(|| format!("{}", oracle_path.display()))?,
-            spec_sha256: shard::stage1_spec_sha256(&spec, args.cuts.as_deref()),
+            spec_sha256: shard::stage1_spec_sha256(&spec, args.cuts.as_deref())?,
             data_sha256: shard::data_sha256(&data),
             seed: spec.training.seed,
         })
@@ -361,9 +361,9 @@ fn write_shard(
             });
         }
         out.push(shard::ShardBranch {
-            id: b.id.clone(),
-            // a branch stage 1 skipped (samples 0) has no loss; NaN says so
-            distill_loss: losses.get(&b.id.to_string()).copied().unwrap_or(f64::NAN),
+            id: b.id,
+            // none when stage 1 was skipped (samples 0)
+            distill_loss: losses.get(&b.id.to_string()).copied(),
             tensors,
         });
     }
@@ -374,11 +374,9 @@ fn write_shard(
     };
     file.write(&path)?;
     for b in &file.branches {
-        println!(
-            "  {:<8} distill loss {:.5}",
-            b.id.to_string(),
-            b.distill_loss
-        );
+        if let Some(l) = b.distill_loss {
+            println!("  {:<8} distill loss {l:.5}", b.id.to_string());
+        }
     }
     println!(
         "wrote {} ({} branches); stage 1 {stage1_s:.0} s, total {:.0} s",
@@ -571,9 +569,9 @@ fn load_shards(
             var.set(&value)
                 .with_context(|| format!("{}: branch {id}: `{}`", path.display(), t.name))?;
         }
-        // NaN: the shard ran no stage 1 (as a whole run records no loss)
-        if !b.distill_loss.is_nan() {
-            losses.insert(id.clone(), b.distill_loss);
+        // none: the shard ran no stage 1 (a whole run records no loss either)
+        if let Some(l) = b.distill_loss {
+            losses.insert(id.clone(), l);
         }
     }
     Ok(losses)

@@ -64,6 +64,8 @@ pub enum ShardError {
     File { path: PathBuf, problem: FileProblem },
     #[error("writing the shard file: {0}")]
     Write(#[from] adaptivenet_onnx::Error),
+    #[error("encoding a shard header or spec key: {0}")]
+    Encode(serde_json::Error),
     #[error("{}: {problem}", dir.display())]
     Set { dir: PathBuf, problem: SetProblem },
 }
@@ -296,11 +298,12 @@ pub struct NamedTensor {
     pub data: Vec<f32>,
 }
 
-/// One trained branch: its initializers and its held-out distillation loss.
+/// One trained branch: its initializers and its held-out distillation loss
+/// (none when stage 1 was skipped, `samples: 0`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShardBranch {
     pub id: BranchId,
-    pub distill_loss: f64,
+    pub distill_loss: Option<f64>,
     pub tensors: Vec<NamedTensor>,
 }
 
@@ -326,9 +329,9 @@ struct Header {
 struct HeaderBranch {
     id: String,
     /// The loss for people reading the header.
-    distill_loss: f64,
+    distill_loss: Option<f64>,
     /// The loss exactly (`f64::to_bits`): it goes into the manifest.
-    distill_loss_bits: u64,
+    distill_loss_bits: Option<u64>,
     tensors: Vec<HeaderTensor>,
 }
 
@@ -341,7 +344,7 @@ struct HeaderTensor {
 
 impl ShardFile {
     /// The file's bytes.
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Result<Vec<u8>, ShardError> {
         let header = Header {
             key: self.key.clone(),
             shard: self.shard,
@@ -351,7 +354,7 @@ impl ShardFile {
                 .map(|b| HeaderBranch {
                     id: b.id.to_string(),
                     distill_loss: b.distill_loss,
-                    distill_loss_bits: b.distill_loss.to_bits(),
+                    distill_loss_bits: b.distill_loss.map(f64::to_bits),
                     tensors: b
                         .tensors
                         .iter()
@@ -363,8 +366,7 @@ impl ShardFile {
                 })
                 .collect(),
         };
-        // A header of strings and numbers always serialises.
-        let json = serde_json::to_vec(&header).unwrap_or_default();
+        let json = serde_json::to_vec(&header).map_err(ShardError::Encode)?;
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -377,7 +379,7 @@ impl ShardFile {
         }
         let sum = adaptivenet_onnx::bundle::sha256_hex(&out);
         out.extend_from_slice(sum.as_bytes());
-        out
+        Ok(out)
     }
 
     /// Parse and check the bytes of the shard file `path`.
@@ -451,7 +453,7 @@ impl ShardFile {
             }
             branches.push(ShardBranch {
                 id,
-                distill_loss: f64::from_bits(hb.distill_loss_bits),
+                distill_loss: hb.distill_loss_bits.map(f64::from_bits),
                 tensors,
             });
         }
@@ -470,7 +472,7 @@ impl ShardFile {
 
     /// Write the file to `path` atomically (a reader never sees half of it).
     pub fn write(&self, path: &Path) -> Result<(), ShardError> {
-        Ok(adaptivenet_onnx::write_atomically(path, &self.encode())?)
+        Ok(adaptivenet_onnx::write_atomically(path, &self.encode()?)?)
     }
 
     /// Read and check the shard file `path`.
@@ -681,7 +683,10 @@ pub fn data_sha256(data: &adaptivenet_onnx::dataset::Dataset) -> String {
 /// settings, the input normalisation, and `--cuts`. Stage-2 settings, the
 /// model's name, version and labels are left out, so stage 2 can be re-run
 /// on the same shard files with other settings.
-pub fn stage1_spec_sha256(spec: &super::ElastifySpec, cuts: Option<&[String]>) -> String {
+pub fn stage1_spec_sha256(
+    spec: &super::ElastifySpec,
+    cuts: Option<&[String]>,
+) -> Result<String, ShardError> {
     #[derive(Serialize)]
     struct Stage1Key<'a> {
         branches: &'a adaptivenet_onnx::supernet::BranchSpec,
@@ -703,7 +708,8 @@ pub fn stage1_spec_sha256(spec: &super::ElastifySpec, cuts: Option<&[String]>) -
         std: &spec.model.std,
         cuts,
     };
-    adaptivenet_onnx::bundle::sha256_hex(&serde_json::to_vec(&key).unwrap_or_default())
+    let json = serde_json::to_vec(&key).map_err(ShardError::Encode)?;
+    Ok(adaptivenet_onnx::bundle::sha256_hex(&json))
 }
 
 #[cfg(test)]
@@ -836,7 +842,7 @@ mod tests {
             shard: ShardIndex { index: 1, count: 2 },
             branches: vec![ShardBranch {
                 id: "m0x2".parse().unwrap(),
-                distill_loss: 0.1 + 0.2,
+                distill_loss: Some(0.1 + 0.2),
                 tensors: vec![
                     NamedTensor {
                         name: "w".into(),
@@ -855,20 +861,122 @@ mod tests {
 
     #[test]
     fn a_shard_file_round_trips_bit_for_bit() {
-        let f = sample();
-        let bytes = f.encode();
+        let mut f = sample();
+        let bytes = f.encode().unwrap();
         let back = ShardFile::decode(&bytes, Path::new("x.shard")).unwrap();
         assert_eq!(back, f);
         assert_eq!(
-            back.branches[0].distill_loss.to_bits(),
-            (0.1f64 + 0.2).to_bits()
+            back.branches[0].distill_loss.map(f64::to_bits),
+            Some((0.1f64 + 0.2).to_bits())
         );
-        assert_eq!(back.encode(), bytes);
+        assert_eq!(back.encode().unwrap(), bytes);
+        // stage 1 skipped: no loss
+        f.branches[0].distill_loss = None;
+        let back = ShardFile::decode(&f.encode().unwrap(), Path::new("x.shard")).unwrap();
+        assert_eq!(back.branches[0].distill_loss, None);
+    }
+
+    /// Shard files as (I, N, branch ids).
+    type Files<'a> = &'a [(usize, usize, &'a [&'a str])];
+
+    /// A folder of shard files made from `files`, all of them with
+    /// `sample()`'s key and one tensor `ID/w` per branch.
+    fn folder(tag: &str, files: Files) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "adaptivenet-shard-unit-{tag}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, (index, count, ids)) in files.iter().enumerate() {
+            let mut f = sample();
+            f.shard = ShardIndex {
+                index: *index,
+                count: *count,
+            };
+            f.branches = ids
+                .iter()
+                .map(|id| ShardBranch {
+                    id: id.parse().unwrap(),
+                    distill_loss: None,
+                    tensors: vec![NamedTensor {
+                        name: format!("{id}/w"),
+                        dims: vec![2],
+                        data: vec![1.0, 2.0],
+                    }],
+                })
+                .collect();
+            f.write(&dir.join(format!("f{i}.shard"))).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn a_folder_of_shards_must_hold_every_branch_exactly_once() {
+        let key = sample().key;
+        let expected: Expected = ["m0x2", "s1@50", "s2@50"]
+            .iter()
+            .map(|id| {
+                (
+                    id.to_string(),
+                    BTreeMap::from([(format!("{id}/w"), vec![2])]),
+                )
+            })
+            .collect();
+        let ok = folder("ok", &[(0, 2, &["m0x2", "s2@50"]), (1, 2, &["s1@50"])]);
+        let got = read_all(&ok, &key, &expected).unwrap();
+        assert_eq!(got.len(), 3);
+        let cases: [(&str, Files, &str); 5] = [
+            (
+                "count",
+                &[(0, 2, &["m0x2", "s2@50"]), (1, 3, &["s1@50"])],
+                "one of 3 shards",
+            ),
+            (
+                "twice",
+                &[(0, 2, &["m0x2", "s2@50"]), (1, 2, &["s1@50", "m0x2"])],
+                "branch `m0x2` is in both",
+            ),
+            (
+                "missing",
+                &[(0, 2, &["m0x2"]), (1, 2, &["s1@50"])],
+                "branch `s2@50` is in no shard file",
+            ),
+            (
+                "unknown",
+                &[(0, 2, &["m0x2", "s2@50"]), (1, 2, &["s1@50", "m4x2"])],
+                "f1.shard: holds branch `m4x2`",
+            ),
+            ("empty", &[], "no shard files"),
+        ];
+        for (tag, files, needle) in cases {
+            let dir = folder(tag, files);
+            let e = read_all(&dir, &key, &expected).unwrap_err().to_string();
+            assert!(e.contains(needle), "{tag}: {e}");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        // a branch whose tensors are not the supernet's
+        let mut other = expected.clone();
+        other.insert(
+            "s1@50".into(),
+            BTreeMap::from([("s1@50/w".into(), vec![3])]),
+        );
+        let e = read_all(&ok, &key, &other).unwrap_err().to_string();
+        assert!(e.contains("`s1@50/w` has dims [2]"), "{e}");
+        // another oracle
+        let mut theirs = key.clone();
+        theirs.oracle_sha256 = "d".repeat(64);
+        let e = read_all(&ok, &theirs, &expected).unwrap_err().to_string();
+        assert!(
+            e.contains("f0.shard: was trained on the oracle with sha256 aaaa"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&ok);
     }
 
     #[test]
     fn damaged_files_are_refused_with_the_reason() {
-        let bytes = sample().encode();
+        let bytes = sample().encode().unwrap();
         let p = Path::new("d/stage1-1-of-2.shard");
         let err = |b: &[u8]| ShardFile::decode(b, p).unwrap_err().to_string();
         let mut flipped = bytes.clone();
