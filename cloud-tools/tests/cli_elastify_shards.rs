@@ -59,8 +59,19 @@ fn tmp(tag: &str) -> PathBuf {
     d
 }
 
-// 17 new branches, 2 stage-1 steps each (a 2-block merge 3), 2 stage-2 steps.
-const TINY: &str = "model:\n  name: tiny\n  mean: [0.286]\n  std: [0.353]\nbranches:\n  merge_spans: [2]\n  shrink_ratios: [0.5]\ntraining:\n  batch_size: 32\n  holdout: 32\n  stage1: {samples: 64, samples_per_extra_block: 32}\n  stage2: {steps: 2}\n";
+/// The demo bundle's spec (`demo/elastify.yaml`: its model and the default
+/// branches, 33 new ones with 3-block merges whose re-created layers are
+/// seeded) with a tiny training: 1 stage-1 step per branch plus 1 per extra
+/// merged block, 2 stage-2 steps.
+fn tiny_demo_spec() -> String {
+    let demo = std::fs::read_to_string(root().join("demo/elastify.yaml")).unwrap();
+    let model = &demo[..demo
+        .find("\ntraining:")
+        .expect("demo/elastify.yaml has training:")];
+    format!(
+        "{model}\ntraining:\n  batch_size: 32\n  holdout: 32\n  stage1: {{samples: 32, samples_per_extra_block: 32}}\n  stage2: {{steps: 2}}\n"
+    )
+}
 
 struct Run {
     dir: PathBuf,
@@ -73,7 +84,7 @@ impl Run {
     fn new(tag: &str) -> Run {
         let dir = tmp(tag);
         let spec = dir.join("spec.yaml");
-        std::fs::write(&spec, TINY).unwrap();
+        std::fs::write(&spec, tiny_demo_spec()).unwrap();
         Run {
             oracle: fixture("oracle/fmnist_resnet.onnx"),
             data: format!(
@@ -195,7 +206,7 @@ fn three_shard_processes_and_assemble_give_the_single_process_bundle_byte_for_by
     let a = output(r.elastify("3", "2", &["--assemble", &shards, "-o", &assembled]));
     ok(&a, "assemble");
     assert!(
-        String::from_utf8_lossy(&a.stdout).contains("stage 1: 17 branches from the shard files"),
+        String::from_utf8_lossy(&a.stdout).contains("stage 1: 33 branches from the shard files"),
         "{}",
         String::from_utf8_lossy(&a.stdout)
     );
