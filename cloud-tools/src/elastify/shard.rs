@@ -11,9 +11,10 @@
 //! it or which branches it trains with.
 //!
 //! Shard file, version 1: `ADNSHRD\n`, the format version (u32 LE), the
-//! header length (u32 LE), the header (JSON: [`Header`]), the tensors (f32
-//! LE, in header order) and the sha256 (lowercase hex, 64 bytes) of
-//! everything before it.
+//! header length (u32 LE), the header (JSON: the [`RunKey`], I/N, and per
+//! branch its id, loss and tensor names and shapes), the tensors (f32 LE,
+//! in header order) and the sha256 (lowercase hex, 64 bytes) of everything
+//! before it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
