@@ -32,6 +32,8 @@ command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 # Headless Chromium: the status page test renders `/` and checks a screenshot.
 command -v chromium >/dev/null || need_apt+=(chromium)
+# python3-yaml: the sharded-elastify test parses deploy/k8s/*.yaml with it.
+python3 -c "import yaml" 2>/dev/null || need_apt+=(python3-yaml)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null

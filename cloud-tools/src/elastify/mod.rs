@@ -4,15 +4,18 @@
 //! stage 2 subnet fine-tuning), check the oracle path is still the oracle
 //! bit for bit, and write the bundle atomically.
 
+pub mod shard;
 pub mod spec;
 pub mod train;
 
-use std::collections::HashSet;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use adaptivenet_onnx::branches::BuiltBranch;
-use adaptivenet_onnx::bundle::{BundleWriter, CreatedBy, ModelDescription, Preprocess, SignError};
+use adaptivenet_onnx::bundle::{
+    Branch, BundleWriter, CreatedBy, ModelDescription, Preprocess, SignError,
+};
 use adaptivenet_onnx::dataset::max_abs_diff;
 use adaptivenet_onnx::datasource::DataSource;
 use adaptivenet_onnx::supernet::{build_branches, embed_manifest, supernet_with_manifest};
@@ -21,6 +24,7 @@ use adaptivenet_onnx::{model_io, Oracle, Plan};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use shard::{ShardArg, ShardIndex};
 pub use spec::ElastifySpec;
 
 use crate::interp::Interpreter;
@@ -30,7 +34,7 @@ use crate::interp::Interpreter;
 #[allow(rustdoc::broken_intra_doc_links)]
 #[derive(Args)]
 #[command(
-    override_usage = "adaptivenet elastify <ORACLE> --data <DATA> --output <OUTPUT> [OPTIONS]\n       adaptivenet elastify --print-default-spec"
+    override_usage = "adaptivenet elastify <ORACLE> --data <DATA> --output <OUTPUT> [OPTIONS]\n       adaptivenet elastify <ORACLE> --data <DATA> --stage1-shard <I/N> --shard-dir <DIR> [OPTIONS]\n       adaptivenet elastify <ORACLE> --data <DATA> --assemble <DIR> --output <OUTPUT> [OPTIONS]\n       adaptivenet elastify --print-default-spec"
 )]
 pub struct ElastifyArgs {
     /// Required: the oracle (pretrained ONNX model).
@@ -45,8 +49,8 @@ pub struct ElastifyArgs {
     /// Print the default spec and exit.
     #[arg(long)]
     pub print_default_spec: bool,
-    /// Required: where to write the bundle.
-    #[arg(short, long, required_unless_present = "print_default_spec")]
+    /// Required (except with --stage1-shard): where to write the bundle.
+    #[arg(short, long, required_unless_present_any = ["print_default_spec", "stage1_shard"])]
     pub output: Option<PathBuf>,
     /// minisign secret key to sign the manifest (unsigned without).
     #[arg(long)]
@@ -60,6 +64,51 @@ pub struct ElastifyArgs {
     /// Cut tensors to use instead of automatic detection.
     #[arg(long, value_delimiter = ',')]
     pub cuts: Option<Vec<String>>,
+    /// Train only stage 1 of shard I of N (0-based) and write its branches
+    /// to --shard-dir. `auto/N` takes I from JOB_COMPLETION_INDEX
+    /// (Kubernetes Indexed Job), else SLURM_ARRAY_TASK_ID minus
+    /// SLURM_ARRAY_TASK_MIN (Slurm array).
+    #[arg(long, value_name = "I/N", requires = "shard_dir", conflicts_with_all = ["assemble", "output", "key"])]
+    pub stage1_shard: Option<String>,
+    /// The folder shard files go to (shared by all shards and the assemble step).
+    #[arg(long, value_name = "DIR", requires = "stage1_shard")]
+    pub shard_dir: Option<PathBuf>,
+    /// Run stage 2 from the N shard files in DIR and write the bundle
+    /// (same oracle, data, spec and seed as the shards).
+    #[arg(long, value_name = "DIR", requires = "output")]
+    pub assemble: Option<PathBuf>,
+}
+
+/// What this `elastify` process does.
+enum Mode<'a> {
+    /// Both stages and the bundle (the default).
+    Whole { output: &'a Path },
+    /// Stage 1 of one shard's branches, written to a shard file in `dir`.
+    Shard { shard: ShardIndex, dir: &'a Path },
+    /// Stage 2 on the shard files in `dir`, then the bundle.
+    Assemble { dir: &'a Path, output: &'a Path },
+}
+
+impl<'a> Mode<'a> {
+    fn of(args: &'a ElastifyArgs) -> Result<Mode<'a>> {
+        match (&args.stage1_shard, &args.assemble, &args.output) {
+            (Some(s), None, None) => {
+                let Some(dir) = &args.shard_dir else {
+                    bail!("--stage1-shard needs --shard-dir DIR (where the shard file goes)");
+                };
+                let shard = s
+                    .parse::<ShardArg>()?
+                    .resolve(&|name| std::env::var(name).ok())?;
+                Ok(Mode::Shard { shard, dir })
+            }
+            (None, Some(dir), Some(output)) => Ok(Mode::Assemble { dir, output }),
+            (None, None, Some(output)) => Ok(Mode::Whole { output }),
+            (Some(_), _, _) => {
+                bail!("--stage1-shard writes a shard file, not a bundle: drop --output/--assemble")
+            }
+            (None, _, None) => bail!("elastify needs --output (or --stage1-shard I/N)"),
+        }
+    }
 }
 
 pub fn run(args: &ElastifyArgs) -> Result<()> {
@@ -67,18 +116,19 @@ pub fn run(args: &ElastifyArgs) -> Result<()> {
         print!("{}", ElastifySpec::default_yaml()?);
         return Ok(());
     }
-    let (Some(oracle_path), Some(data), Some(output)) = (&args.oracle, &args.data, &args.output)
-    else {
-        bail!("elastify needs ORACLE, --data and --output");
+    let (Some(oracle_path), Some(data)) = (&args.oracle, &args.data) else {
+        bail!("elastify needs ORACLE and --data");
     };
+    let mode = Mode::of(args)?;
     if let Some(n) = args.threads {
         // candle's CPU kernels size their thread pool from this variable.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     let spec = load_spec(args)?;
-    let signer = match &args.key {
-        Some(k) => Some(crate::cmd_bundle::read_secret_key(k)?),
-        None => None,
+    let signer = match (&args.key, &mode) {
+        (Some(_), Mode::Shard { .. }) => bail!("--key signs bundles; a stage-1 shard writes none"),
+        (Some(k), _) => Some(crate::cmd_bundle::read_secret_key(k)?),
+        (None, _) => None,
     };
     let source: DataSource = data.parse()?;
     let t0 = Instant::now();
@@ -119,9 +169,41 @@ pub fn run(args: &ElastifyArgs) -> Result<()> {
         .iter()
         .flat_map(|b| b.initializers.iter().map(|t| t.name.clone()))
         .collect();
-    let trained = train_branches(
-        &oracle, &supernet, &manifest, &trainable, &data, &train, &holdout, &spec,
-    )?;
+    let run_key = || -> Result<shard::RunKey> {
+        Ok(shard::RunKey {
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            oracle_sha256: adaptivenet_onnx::bundle::sha256_of_file(oracle_path)
+                .with_context(|| format!("{}", oracle_path.display()))?,
+            spec_sha256: shard::stage1_spec_sha256(&spec, args.cuts.as_deref())?,
+            data_sha256: shard::data_sha256(&data),
+            seed: spec.training.seed,
+        })
+    };
+    let ctx = TrainCtx {
+        oracle: &oracle,
+        supernet: &supernet,
+        manifest: &manifest,
+        trainable: &trainable,
+        data: &data,
+        train: &train,
+        holdout: &holdout,
+        spec: &spec,
+    };
+    let (trained, output) = match mode {
+        Mode::Shard { shard, dir } => {
+            return write_shard(&ctx, &branches, shard, dir, run_key()?, t0);
+        }
+        Mode::Whole { output } => (train_branches(&ctx, None)?, output),
+        Mode::Assemble { dir, output } => {
+            let shards = shard::read_all(dir, &run_key()?, &expected_branches(&branches))?;
+            println!(
+                "stage 1: {} branches from the shard files in {}",
+                shards.len(),
+                dir.display()
+            );
+            (train_branches(&ctx, Some(&shards))?, output)
+        }
+    };
 
     // 5. write back and check the oracle path is untouched
     let written = trained.interp.export_into(&mut supernet)?;
@@ -170,13 +252,136 @@ pub fn run(args: &ElastifyArgs) -> Result<()> {
         );
     }
     print_losses(&manifest);
+    let stage1 = match trained.stage1_s {
+        Some(s) => format!("{s:.0} s"),
+        None => "in shards".into(),
+    };
     println!(
-        "wrote {} ({} branches, {} subnets); stage 1 {:.0} s, stage 2 {:.0} s, total {:.0} s",
+        "wrote {} ({} branches, {} subnets); stage 1 {stage1}, stage 2 {:.0} s, total {:.0} s",
         output.display(),
         manifest.branches.len(),
         manifest.count_subnets(),
-        trained.stage1_s,
         trained.stage2_s,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Each new branch's id with its initializers' names and dims: what the
+/// assemble step expects from the shard files.
+fn expected_branches(branches: &[BuiltBranch]) -> shard::Expected {
+    branches
+        .iter()
+        .map(|b| {
+            let inits = b
+                .initializers
+                .iter()
+                .map(|t| {
+                    let dims = t.dims.iter().map(|&d| d.max(0) as usize).collect();
+                    (t.name.clone(), dims)
+                })
+                .collect();
+            (b.id.to_string(), inits)
+        })
+        .collect()
+}
+
+/// Stage 1 of this shard's branches, written to its shard file in `dir`.
+fn write_shard(
+    ctx: &TrainCtx,
+    branches: &[BuiltBranch],
+    shard: ShardIndex,
+    dir: &Path,
+    key: shard::RunKey,
+    t0: Instant,
+) -> Result<()> {
+    let batch = ctx.spec.training.batch_size.max(1);
+    let news = train::new_branches(ctx.manifest);
+    let costs: Vec<u64> = news
+        .iter()
+        .map(|b| {
+            let steps = train::stage1_steps(b, &ctx.spec.training.stage1, batch) as u64;
+            steps.saturating_mul(b.macs.max(1))
+        })
+        .collect();
+    let mine: Vec<&Branch> = shard::assign(&costs, shard)
+        .into_iter()
+        .map(|i| news[i])
+        .collect();
+    println!(
+        "stage-1 shard {shard}: {} of {} new branches: {}",
+        mine.len(),
+        news.len(),
+        mine.iter()
+            .map(|b| b.id.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = shard.file_in(dir);
+    let device = device()?;
+    let interp = Interpreter::new(ctx.supernet, ctx.trainable, &device)?;
+    let t1 = Instant::now();
+    let losses = if ctx.spec.training.stage1.samples > 0 && !mine.is_empty() {
+        let teacher = teacher(ctx, &device)?;
+        train::stage1(
+            &interp,
+            ctx.manifest,
+            &mine,
+            &teacher,
+            ctx.train,
+            ctx.holdout,
+            &ctx.spec.training.stage1,
+        )?
+    } else {
+        Default::default()
+    };
+    let stage1_s = t1.elapsed().as_secs_f64();
+    let vars: HashMap<&str, &candle_core::Var> = interp
+        .named_vars()
+        .iter()
+        .map(|(n, v)| (n.as_str(), v))
+        .collect();
+    let mut out = Vec::with_capacity(mine.len());
+    for b in &mine {
+        let built = branches
+            .iter()
+            .find(|x| x.id == b.id)
+            .with_context(|| format!("branch {} is in the manifest but was not built", b.id))?;
+        let mut tensors = Vec::with_capacity(built.initializers.len());
+        for init in &built.initializers {
+            let var = vars
+                .get(init.name.as_str())
+                .with_context(|| format!("branch {}: `{}` is not trainable", b.id, init.name))?;
+            let t = var.as_tensor();
+            tensors.push(shard::NamedTensor {
+                name: init.name.clone(),
+                dims: t.dims().to_vec(),
+                data: t.reshape(t.elem_count())?.to_vec1::<f32>()?,
+            });
+        }
+        out.push(shard::ShardBranch {
+            id: b.id,
+            // none when stage 1 was skipped (samples 0)
+            distill_loss: losses.get(&b.id.to_string()).copied(),
+            tensors,
+        });
+    }
+    let file = shard::ShardFile {
+        key,
+        shard,
+        branches: out,
+    };
+    file.write(&path)?;
+    for b in &file.branches {
+        if let Some(l) = b.distill_loss {
+            println!("  {:<8} distill loss {l:.5}", b.id.to_string());
+        }
+    }
+    println!(
+        "wrote {} ({} branches); stage 1 {stage1_s:.0} s, total {:.0} s",
+        path.display(),
+        file.branches.len(),
         t0.elapsed().as_secs_f64()
     );
     Ok(())
@@ -264,56 +469,69 @@ fn split(len: usize, batch: usize, spec: &ElastifySpec) -> (Vec<usize>, Vec<usiz
 struct Trained {
     interp: Interpreter,
     /// Branch id -> stage-1 held-out distillation loss.
-    losses: std::collections::HashMap<String, f64>,
-    stage1_s: f64,
+    losses: HashMap<String, f64>,
+    /// Stage 1's time in this process (none when it ran in shards).
+    stage1_s: Option<f64>,
     stage2_s: f64,
 }
 
-/// Stage 1 (branch-wise distillation) then stage 2 (subnet fine-tuning)
-/// of the new branches' initializers.
-#[allow(clippy::too_many_arguments)]
-fn train_branches(
-    oracle: &Oracle,
-    supernet: &adaptivenet_onnx::tract_onnx::pb::ModelProto,
-    manifest: &adaptivenet_onnx::bundle::Manifest,
-    trainable: &HashSet<String>,
-    data: &adaptivenet_onnx::dataset::Dataset,
-    train: &[usize],
-    holdout: &[usize],
-    spec: &ElastifySpec,
-) -> Result<Trained> {
-    let device = device()?;
-    let batch = spec.training.batch_size.max(1);
-    let interp = Interpreter::new(supernet, trainable, &device)?;
-    let teacher = train::Teacher {
-        plans: oracle.block_plans(batch)?,
-        data,
+/// What both stages train on.
+struct TrainCtx<'a> {
+    oracle: &'a Oracle,
+    supernet: &'a adaptivenet_onnx::tract_onnx::pb::ModelProto,
+    manifest: &'a adaptivenet_onnx::bundle::Manifest,
+    trainable: &'a HashSet<String>,
+    data: &'a adaptivenet_onnx::dataset::Dataset,
+    train: &'a [usize],
+    holdout: &'a [usize],
+    spec: &'a ElastifySpec,
+}
+
+fn teacher<'a>(ctx: &TrainCtx<'a>, device: &candle_core::Device) -> Result<train::Teacher<'a>> {
+    let batch = ctx.spec.training.batch_size.max(1);
+    Ok(train::Teacher {
+        plans: ctx.oracle.block_plans(batch)?,
+        data: ctx.data,
         batch,
         device: device.clone(),
-    };
+    })
+}
+
+/// Stage 1 (branch-wise distillation; or its result from the shard files)
+/// then stage 2 (subnet fine-tuning) of the new branches' initializers.
+fn train_branches(
+    ctx: &TrainCtx,
+    shards: Option<&BTreeMap<String, (PathBuf, shard::ShardBranch)>>,
+) -> Result<Trained> {
+    let device = device()?;
+    let interp = Interpreter::new(ctx.supernet, ctx.trainable, &device)?;
+    let teacher = teacher(ctx, &device)?;
     let t1 = Instant::now();
-    let losses = if spec.training.stage1.samples > 0 {
-        train::stage1(
-            &interp,
-            manifest,
-            &teacher,
-            train,
-            holdout,
-            &spec.training.stage1,
-        )?
-    } else {
-        Default::default()
+    let (losses, stage1_s) = match shards {
+        Some(shards) => (load_shards(&interp, shards)?, None),
+        None if ctx.spec.training.stage1.samples > 0 => {
+            let losses = train::stage1(
+                &interp,
+                ctx.manifest,
+                &train::new_branches(ctx.manifest),
+                &teacher,
+                ctx.train,
+                ctx.holdout,
+                &ctx.spec.training.stage1,
+            )?;
+            (losses, Some(t1.elapsed().as_secs_f64()))
+        }
+        None => (Default::default(), Some(0.0)),
     };
-    let stage1_s = t1.elapsed().as_secs_f64();
     let t2 = Instant::now();
-    if spec.training.stage2.steps > 0 {
+    if ctx.spec.training.stage2.steps > 0 {
         let l = train::stage2(
             &interp,
-            manifest,
+            ctx.manifest,
             &teacher,
-            train,
-            &spec.training.stage2,
-            spec.training.seed,
+            ctx.train,
+            &ctx.spec.training.stage2,
+            ctx.spec.training.seed,
         )?;
         println!("stage 2 final loss {l:.4}");
     }
@@ -323,6 +541,40 @@ fn train_branches(
         stage1_s,
         stage2_s: t2.elapsed().as_secs_f64(),
     })
+}
+
+/// Set the trainable variables to the shard files' trained values (checked
+/// against the branches by [`shard::read_all`]); returns the losses.
+fn load_shards(
+    interp: &Interpreter,
+    shards: &BTreeMap<String, (PathBuf, shard::ShardBranch)>,
+) -> Result<HashMap<String, f64>> {
+    let vars: HashMap<&str, &candle_core::Var> = interp
+        .named_vars()
+        .iter()
+        .map(|(n, v)| (n.as_str(), v))
+        .collect();
+    let mut losses = HashMap::new();
+    for (id, (path, b)) in shards {
+        for t in &b.tensors {
+            let var = vars.get(t.name.as_str()).with_context(|| {
+                format!(
+                    "{}: branch {id}: `{}` is not a trainable initializer",
+                    path.display(),
+                    t.name
+                )
+            })?;
+            let value =
+                candle_core::Tensor::from_vec(t.data.clone(), t.dims.as_slice(), interp.device())?;
+            var.set(&value)
+                .with_context(|| format!("{}: branch {id}: `{}`", path.display(), t.name))?;
+        }
+        // none: the shard ran no stage 1 (a whole run records no loss either)
+        if let Some(l) = b.distill_loss {
+            losses.insert(id.clone(), l);
+        }
+    }
+    Ok(losses)
 }
 
 /// The supernet run as is must be the oracle bit for bit.

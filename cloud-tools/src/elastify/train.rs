@@ -117,7 +117,8 @@ fn branch_vars(interp: &Interpreter, b: &Branch) -> Vec<candle_core::Var> {
         .collect()
 }
 
-fn new_branches(manifest: &Manifest) -> Vec<&Branch> {
+/// The manifest's new (merge and shrink) branches, in manifest order.
+pub fn new_branches(manifest: &Manifest) -> Vec<&Branch> {
     manifest
         .branches
         .iter()
@@ -125,16 +126,29 @@ fn new_branches(manifest: &Manifest) -> Vec<&Branch> {
         .collect()
 }
 
-/// Stage 1. Returns each branch's distillation loss (MSE) on the held-out samples.
+/// Stage-1 optimiser steps of `b`: a merge of k blocks trains for longer,
+/// `samples + (k - 1) x samples_per_extra_block` samples.
+pub fn stage1_steps(b: &Branch, spec: &Stage1Spec, batch: usize) -> usize {
+    let extra = b.to.saturating_sub(b.from).saturating_sub(1);
+    (spec.samples + extra * spec.samples_per_extra_block) / batch.max(1)
+}
+
+/// Stage 1 of `branches` (new branches of `manifest`). Returns each
+/// branch's distillation loss (MSE) on the held-out samples.
+///
+/// Each branch has its own optimiser and sees the batches `train` gives at
+/// steps 0, 1, ... (the same for every branch), so what a branch learns does
+/// not depend on which other branches are trained with it: a stage-1 shard
+/// of some branches gives them the weights a run of all of them gives.
 pub fn stage1(
     interp: &Interpreter,
     manifest: &Manifest,
+    branches: &[&Branch],
     teacher: &Teacher,
     train: &[usize],
     holdout: &[usize],
     spec: &Stage1Spec,
 ) -> Result<HashMap<String, f64>> {
-    let branches = new_branches(manifest);
     let cut = |i: usize| manifest.cuts[i].tensor.as_str();
     let params = ParamsAdamW {
         lr: spec.learning_rate,
@@ -145,13 +159,9 @@ pub fn stage1(
         .iter()
         .map(|b| AdamW::new(branch_vars(interp, b), params.clone()))
         .collect::<candle_core::Result<_>>()?;
-    // a merge of k blocks trains for longer: samples + (k - 1) x extra
     let own_steps: Vec<usize> = branches
         .iter()
-        .map(|b| {
-            let extra = b.to.saturating_sub(b.from).saturating_sub(1);
-            (spec.samples + extra * spec.samples_per_extra_block) / teacher.batch
-        })
+        .map(|b| stage1_steps(b, spec, teacher.batch))
         .collect();
     let steps = own_steps.iter().copied().max().unwrap_or(0);
     let pb = bar(own_steps.iter().sum::<usize>() as u64, "stage 1");
