@@ -15,6 +15,9 @@
 # Builds what is missing with `cargo build --profile $PROFILE` (default
 # board). TARGET x86_64-unknown-linux-gnu runs the host build without qemu.
 # Env: SEARCH=0 (skip step 3), PROFILE, CARGO_TARGET_DIR (default /var/cache/adaptivenet/target-cross),
+# HOST_BIN (the x86_64 reference binary, any profile: logits do not depend on
+# it; default $CARGO_TARGET_DIR/$PROFILE/adaptived, built if HOST_BIN is unset;
+# CI passes its test build's target/debug/adaptived),
 # SKIP_BUILD=1 (use the binaries as they are), READY_TIMEOUT_S (default
 # 600), QEMU_CPU (default cortex-a72 for aarch64, the Raspberry Pi 4's core;
 # cortex-a7 for armv7; qemu's default `max` CPU has SVE2, which no Pi or
@@ -30,7 +33,8 @@ PROFILE="${PROFILE:-board}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/adaptivenet/target-cross}"
 READY_TIMEOUT_S="${READY_TIMEOUT_S:-600}"
 F=/usr/share/datasets/fashion-mnist
-HOST_BIN="$CARGO_TARGET_DIR/$PROFILE/adaptived"
+BUILD_HOST=1
+if [ -n "${HOST_BIN:-}" ]; then BUILD_HOST=0; else HOST_BIN="$CARGO_TARGET_DIR/$PROFILE/adaptived"; fi
 case "$TARGET" in
   x86_64-unknown-linux-gnu) RUNNER=(); BIN="$HOST_BIN" ;;
   aarch64-unknown-linux-musl) RUNNER=(qemu-aarch64); export QEMU_CPU="${QEMU_CPU:-cortex-a72}" ;;
@@ -43,10 +47,14 @@ BIN="${BIN:-$CARGO_TARGET_DIR/$TARGET/$PROFILE/adaptived}"
 build() { # [--target T]
   nice -n 10 cargo build --locked --profile "$PROFILE" "$@" -p adaptivenet-daemon --bin adaptived
 }
+T_START=$(date +%s.%N)
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  build
+  [ "$BUILD_HOST" = 0 ] || build
   [ "$BIN" = "$HOST_BIN" ] || build --target "$TARGET"
 fi
+for b in "$HOST_BIN" "$BIN"; do
+  [ -x "$b" ] || { echo "board-smoke: $b missing (scripts/cross-build.sh builds it)" >&2; exit 1; }
+done
 [ -f "$F/t10k-images-idx3-ubyte.gz" ] || { echo "board-smoke: $F missing (scripts/install-deps.sh)" >&2; exit 1; }
 for c in "${RUNNER[@]:0:1}" curl python3; do
   command -v "$c" >/dev/null || { echo "board-smoke: $c not found (scripts/cross-build.sh installs it)" >&2; exit 1; }
@@ -156,7 +164,8 @@ compare "$W/board.json" "$W/board2.json" "$TARGET after restart vs before"
 kill -9 "$BPID"; wait "$BPID" 2>/dev/null || true
 
 # 3. search on 200 images, cache written (SEARCH=0 skips it).
-if [ "${SEARCH:-1}" = 0 ]; then echo "board-smoke: $TARGET: PASS (search skipped: SEARCH=0)"; exit 0; fi
+total() { python3 -c "print(f'{$(now) - $T_START:.1f}')"; }
+if [ "${SEARCH:-1}" = 0 ]; then echo "board-smoke: $TARGET: PASS (search skipped: SEARCH=0) in $(total) s"; exit 0; fi
 SEARCH_DEFAULT="--warmup 1 --runs 3 --check-sample 1 --space merge --max-evals 8 --population 8 --generations 1 --polish 0 --screen-images 200"
 [ ${#RUNNER[@]} -gt 0 ] || SEARCH_DEFAULT=""
 t0=$(now)
@@ -176,4 +185,4 @@ c = j.get("chosen") or {}
 if isinstance(c, list): c = c[0] if c else {}
 print(f"board-smoke: search on 200 images: {sys.argv[2]} s wall, chosen {c.get('subnet', c)!s:.80}, cache {sys.argv[3]}")
 PY
-echo "board-smoke: $TARGET: PASS"
+echo "board-smoke: $TARGET: PASS in $(total) s"

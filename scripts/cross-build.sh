@@ -70,7 +70,7 @@ for t in "${built[@]}"; do
   b="$CARGO_TARGET_DIR/$t/$PROFILE/adaptived"
   s="$CARGO_TARGET_DIR/boards/adaptived-$t"
   "$strip" -o "$s" "$b"
-  printf '%-32s %6.2f MB stripped (%.2f MB with symbols)  %s\n' "$t" \
-    "$(echo "$(stat -c %s "$s")/1048576" | bc -l)" "$(echo "$(stat -c %s "$b")/1048576" | bc -l)" "$s"
+  awk -v t="$t" -v s="$(stat -c %s "$s")" -v b="$(stat -c %s "$b")" -v p="$s" \
+    'BEGIN { printf "%-32s %6.2f MB stripped, %d bytes (%.2f MB with symbols)  %s\n", t, s / 1048576, s, b / 1048576, p }'
   echo "    $(file -b "$s")"
 done

@@ -13,7 +13,9 @@
 # code, and their times are not board times.
 # Env: PROFILE (default board), CARGO_TARGET_DIR (default
 # /var/cache/adaptivenet/target-cross), IDLE_S (10), LOAD_S (10), SKIP_BUILD=1,
-# QEMU_CPU (default cortex-a72 for aarch64, cortex-a7 for armv7).
+# QEMU_CPU (default cortex-a72 for aarch64, cortex-a7 for armv7), HOST_BIN
+# (use this x86_64 binary instead of building $PROFILE; the column names its
+# profile folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE="${PROFILE:-board}"
@@ -23,6 +25,7 @@ targets=("$@")
 for t in "${targets[@]}"; do
   [ "${SKIP_BUILD:-0}" != 1 ] || break
   if [ "$t" = x86_64-unknown-linux-gnu ]; then
+    [ -z "${HOST_BIN:-}" ] || continue
     nice -n 10 cargo build --locked --profile "$PROFILE" -p adaptivenet-daemon --bin adaptived
   else
     nice -n 10 cargo build --locked --profile "$PROFILE" --target "$t" -p adaptivenet-daemon --bin adaptived
@@ -48,8 +51,15 @@ def env_for(t):
     cpu = os.environ.get("QEMU_CPU") or {"aarch64": "cortex-a72", "armv7": "cortex-a7"}.get(t.split("-")[0])
     return dict(os.environ, **({"QEMU_CPU": cpu} if cpu else {}))
 
+HOST_BIN = os.environ.get("HOST_BIN")
+
 def binary(t):
-    return os.path.join(tdir, profile, "adaptived") if t.startswith("x86_64") else os.path.join(tdir, t, profile, "adaptived")
+    if t.startswith("x86_64"):
+        return HOST_BIN or os.path.join(tdir, profile, "adaptived")
+    return os.path.join(tdir, t, profile, "adaptived")
+
+def profile_of(t):
+    return os.path.basename(os.path.dirname(binary(t)))
 
 def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
@@ -133,7 +143,8 @@ class Daemon:
 rows = {}
 for t in targets:
     emu = bool(RUNNERS[t])
-    r = rows[t] = {"label": t + (f" (qemu -cpu {env_for(t)['QEMU_CPU']}, EMULATED)" if emu else "")}
+    r = rows[t] = {"label": t + (f" (qemu -cpu {env_for(t)['QEMU_CPU']}, EMULATED)" if emu else "")
+                   + (f", profile `{profile_of(t)}`" if profile_of(t) != profile else "")}
     strip = {"aarch64": "aarch64-linux-gnu-strip", "armv7": "arm-linux-gnueabihf-strip"}.get(t.split("-")[0], "strip")
     subprocess.run([strip, "-o", "/tmp/footprint-stripped", binary(t)], check=True)
     r["size"] = os.path.getsize("/tmp/footprint-stripped") / 2**20

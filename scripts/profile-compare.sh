@@ -49,5 +49,5 @@ echo "profile comparison, x86_64, $(date -u +%F), $(nproc) CPUs, bench-blocks --
 printf '%-11s %8s %12s %14s %18s\n' profile build_s stripped_MB tract_ms tract/onnxruntime
 for r in "${results[@]}"; do
   IFS='|' read -r v b s w q <<<"$r"
-  printf '%-11s %8s %12.2f %14s %18s\n' "$v" "$b" "$(echo "$s/1048576" | bc -l)" "$w" "$q"
+  printf '%-11s %8s %12.2f %14s %18s\n' "$v" "$b" "$(awk -v s="$s" 'BEGIN { print s / 1048576 }')" "$w" "$q"
 done

@@ -7,6 +7,9 @@ counted where it is defined (`core`, `alloc` include instantiations made by
 other crates), as cargo bloat does.
 
     scripts/size-by-crate.py BINARY [NM] [N]      (NM e.g. aarch64-linux-gnu-nm)
+
+then the same sums by group (tract and its dependencies, Rust's standard
+library, the HTTP/gRPC stack, ...), the groups named in docs/boards.md.
 """
 import collections, re, subprocess, sys
 
@@ -41,3 +44,23 @@ print(f"{binary}: {total / 2**20:.2f} MB of sized code symbols")
 print(f"{'crate':<40} {'KB':>9} {'%':>6}")
 for c, s in by.most_common(top):
     print(f"{c:<40} {s / 1024:>9.0f} {100 * s / total:>6.1f}")
+
+GROUPS = [  # (group, crate-name prefixes); first match wins
+    ("tract + ndarray, rustfft, num, smallvec (inference)",
+     ("tract_", "ndarray", "rustfft", "transpose", "primal", "strength_reduce", "num_", "smallvec", "matrixmultiply", "half", "dyn_clone", "dyn_hash", "downcast_rs", "[C/asm: tract")),
+    ("Rust std (core, alloc, std, hashbrown; generics instantiated by all)", ("core", "alloc", "std", "hashbrown", "[libunwind]")),
+    ("HTTP + gRPC (tokio, hyper, h2, axum, tonic, tower, http, prost)",
+     ("tokio", "hyper", "h2", "axum", "tonic", "tower", "http", "prost", "bytes", "futures", "matchit", "mio", "socket2", "slab", "indexmap", "tracing", "pin_project", "percent_encoding", "form_urlencoded", "want", "atomic_waker", "sync_wrapper")),
+    ("regex (env_logger's default `regex` feature)", ("regex", "aho_corasick", "memchr")),
+    ("config + JSON (serde, yaml_serde, libyaml, erased_serde)", ("serde", "yaml_serde", "libyaml", "erased_serde", "itoa", "ryu", "zmij")),
+    ("images (image, zune_jpeg, png, deflate)", ("image", "zune_", "png", "fdeflate", "miniz_oxide", "flate2", "crc32fast", "adler", "simd_adler32")),
+    ("CLI + logging (clap, env_logger, indicatif)", ("clap", "env_logger", "env_filter", "anstream", "anstyle", "indicatif", "console", "unicode_", "jiff", "strsim", "humantime")),
+    ("adaptivenet's own crates", ("adaptivenet_", "adaptived")),
+]
+groups = collections.Counter()
+for c, s in by.items():
+    g = next((name for name, pre in GROUPS if c.startswith(pre)), "everything else")
+    groups[g] += s
+print(f"\n{'group':<72} {'KB':>9} {'%':>6}")
+for g, s in groups.most_common():
+    print(f"{g:<72} {s / 1024:>9.0f} {100 * s / total:>6.1f}")
