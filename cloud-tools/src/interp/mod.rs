@@ -11,10 +11,15 @@
 //! trained values back as ONNX initializers.
 
 pub mod conv_grad;
+pub mod depthwise;
+pub mod gemm_conv;
+pub mod geom;
 pub mod ops;
 pub mod params;
 pub mod value;
 
+#[cfg(test)]
+mod kernel_tests;
 #[cfg(test)]
 mod tests;
 

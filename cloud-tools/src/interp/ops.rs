@@ -5,6 +5,7 @@
 use adaptivenet_onnx::tract_onnx::pb::{AttributeProto, NodeProto};
 use candle_core::{DType, Device, Tensor, D};
 
+use super::geom::ConvGeom;
 use super::params::tensor_from_proto;
 use super::value::{IntTensor, Value};
 
@@ -952,7 +953,22 @@ fn conv(ctx: &Ctx) -> R<Vec<Value>> {
         out_size(h, sp.pads[0] + sp.pads[2], ek[0], sp.s[0], false)?,
         out_size(wd, sp.pads[1] + sp.pads[3], ek[1], sp.s[1], false)?,
     ];
-    let mut y = if group == c && ci == 1 && o == c && group > 1 {
+    let depthwise_shape = group == c && ci == 1 && o == c && group > 1;
+    let mut y = if x.device().is_cpu() && (group == 1 || depthwise_shape) {
+        // Dedicated CPU kernels: exact for any padding, stride and dilation.
+        let geom = ConvGeom {
+            k: sp.k,
+            s: sp.s,
+            d: sp.d,
+            pad: [sp.pads[0], sp.pads[1]],
+            out,
+        };
+        if group == 1 {
+            super::gemm_conv::conv2d(&x, &w, geom)?
+        } else {
+            super::depthwise::depthwise_conv2d(&x, &w, geom)?
+        }
+    } else if depthwise_shape {
         depthwise(&x, &w, &sp, out)?
     } else {
         let [pt, pl, pb, pr] = sp.pads;

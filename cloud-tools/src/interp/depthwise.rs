@@ -1,0 +1,296 @@
+//! Depthwise 2-D convolution (one filter per channel, ONNX `Conv` with
+//! `group` = channels) on the CPU: the forward pass and both gradients as
+//! direct loops over each (sample, channel) plane, without im2col and
+//! without splitting the tensor per channel. Planes (forward, input
+//! gradient) and channels (weight gradient) run in parallel on rayon's
+//! global pool, the one candle's CPU kernels and GEMM use.
+//!
+//! Padding is given per side (top, left) with the output size, so any
+//! explicit or `auto_pad` padding, stride and dilation is exact: input rows
+//! and columns no window reaches get a zero gradient.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::geom::{ConvGeom, Taps};
+
+/// Depthwise convolution of `x` `[N,C,H,W]` with `w` `[C,1,kh,kw]`, no
+/// bias. On a non-CPU device this is an error: the caller falls back to
+/// candle's own ops there.
+pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, geom: ConvGeom) -> Result<Tensor> {
+    let (_, c, _, _) = x.dims4()?;
+    let (o, ci, kh, kw) = w.dims4()?;
+    if o != c || ci != 1 || [kh, kw] != geom.k {
+        candle_core::bail!(
+            "depthwise conv: weight {:?} does not fit {c} channels and kernel {:?}",
+            w.dims(),
+            geom.k
+        );
+    }
+    let x = x.contiguous()?;
+    let w = w.contiguous()?;
+    x.apply_op2(&w, DwConv(geom))
+}
+
+/// The per-plane loops of the three passes.
+trait PlaneOps {
+    fn forward(&self, x: &[f32], wk: &[f32], y: &mut [f32]);
+    fn input_grad(&self, g: &[f32], wk: &[f32], gx: &mut [f32]);
+    fn weight_grad(&self, x: &[f32], g: &[f32], gw: &mut [f32]);
+}
+
+impl PlaneOps for Taps {
+    /// y[oy, ox] += w[ky, kx] * x[iy, ix] over the plane.
+    fn forward(&self, x: &[f32], wk: &[f32], y: &mut [f32]) {
+        let kw = self.cols.len();
+        y.fill(0.0);
+        self.for_each_row(|ky, yo, xo| {
+            for (kx, c) in self.cols.iter().enumerate() {
+                let wv = wk[ky * kw + kx];
+                let yr = &mut y[yo + c.lo..yo + c.hi];
+                let start = xo + self.col_start(c);
+                if self.sw == 1 {
+                    let xr = &x[start..start + yr.len()];
+                    for (a, b) in yr.iter_mut().zip(xr) {
+                        *a += wv * b;
+                    }
+                } else {
+                    for (i, a) in yr.iter_mut().enumerate() {
+                        *a += wv * x[start + i * self.sw];
+                    }
+                }
+            }
+        });
+    }
+
+    /// gx[iy, ix] += w[ky, kx] * g[oy, ox] over the plane.
+    fn input_grad(&self, g: &[f32], wk: &[f32], gx: &mut [f32]) {
+        let kw = self.cols.len();
+        gx.fill(0.0);
+        self.for_each_row(|ky, go, xo| {
+            for (kx, c) in self.cols.iter().enumerate() {
+                let wv = wk[ky * kw + kx];
+                let gr = &g[go + c.lo..go + c.hi];
+                let start = xo + self.col_start(c);
+                if self.sw == 1 {
+                    let xr = &mut gx[start..start + gr.len()];
+                    for (a, b) in xr.iter_mut().zip(gr) {
+                        *a += wv * b;
+                    }
+                } else {
+                    for (i, b) in gr.iter().enumerate() {
+                        gx[start + i * self.sw] += wv * b;
+                    }
+                }
+            }
+        });
+    }
+
+    /// gw[ky, kx] += sum g[oy, ox] * x[iy, ix] over the plane.
+    fn weight_grad(&self, x: &[f32], g: &[f32], gw: &mut [f32]) {
+        let kw = self.cols.len();
+        self.for_each_row(|ky, go, xo| {
+            for (kx, c) in self.cols.iter().enumerate() {
+                let gr = &g[go + c.lo..go + c.hi];
+                let start = xo + self.col_start(c);
+                let dot: f32 = if self.sw == 1 {
+                    gr.iter()
+                        .zip(&x[start..start + gr.len()])
+                        .map(|(a, b)| a * b)
+                        .sum()
+                } else {
+                    gr.iter()
+                        .enumerate()
+                        .map(|(i, a)| a * x[start + i * self.sw])
+                        .sum()
+                };
+                gw[ky * kw + kx] += dot;
+            }
+        });
+    }
+}
+
+/// The f32 data of a contiguous CPU tensor.
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("depthwise conv: {what} must be f32");
+    };
+    if !l.is_contiguous() {
+        candle_core::bail!("depthwise conv: {what} must be contiguous");
+    }
+    let start = l.start_offset();
+    let n = l.shape().elem_count();
+    v.get(start..start + n)
+        .ok_or_else(|| candle_core::Error::Msg(format!("depthwise conv: {what} out of bounds")))
+}
+
+fn dims4(l: &Layout) -> Result<(usize, usize, usize, usize)> {
+    l.shape().dims4()
+}
+
+/// Forward: `x` `[N,C,H,W]`, `w` `[C,1,kh,kw]` -> `[N,C,oh,ow]`.
+struct DwConv(ConvGeom);
+
+impl CustomOp2 for DwConv {
+    fn name(&self) -> &'static str {
+        "adaptivenet-depthwise-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        let (n, c, h, w) = dims4(l1)?;
+        let x = slice(s1, l1, "input")?;
+        let wk = slice(s2, l2, "weight")?;
+        let (oh, ow) = (g.out[0], g.out[1]);
+        let plan = Taps::new(g, h, w);
+        let kk = g.k[0] * g.k[1];
+        if l2.dims() != [c, 1, g.k[0], g.k[1]] {
+            candle_core::bail!("depthwise conv: weight {:?} for {c} channels", l2.dims());
+        }
+        let mut y = vec![0f32; n * c * oh * ow];
+        if oh * ow > 0 {
+            y.par_chunks_mut(oh * ow).enumerate().for_each(|(p, yp)| {
+                let ch = p % c;
+                plan.forward(
+                    &x[p * h * w..(p + 1) * h * w],
+                    &wk[ch * kk..(ch + 1) * kk],
+                    yp,
+                );
+            });
+        }
+        Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let gx = if x.track_op() {
+            let (_, _, h, wd) = x.dims4()?;
+            Some(grad.apply_op2_no_bwd(
+                &w.detach(),
+                &DwInputGrad {
+                    geom: self.0,
+                    in_hw: [h, wd],
+                },
+            )?)
+        } else {
+            None
+        };
+        let gw = if w.track_op() {
+            Some(x.detach().apply_op2_no_bwd(&grad, &DwWeightGrad(self.0))?)
+        } else {
+            None
+        };
+        Ok((gx, gw))
+    }
+}
+
+/// Input gradient: `grad` `[N,C,oh,ow]`, `w` `[C,1,kh,kw]` -> `[N,C,H,W]`.
+struct DwInputGrad {
+    geom: ConvGeom,
+    in_hw: [usize; 2],
+}
+
+impl CustomOp2 for DwInputGrad {
+    fn name(&self) -> &'static str {
+        "adaptivenet-depthwise-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        let (n, c, oh, ow) = dims4(l1)?;
+        if [oh, ow] != g.out {
+            candle_core::bail!(
+                "depthwise conv input grad: gradient {oh}x{ow} for output {:?}",
+                g.out
+            );
+        }
+        let gy = slice(s1, l1, "output gradient")?;
+        let wk = slice(s2, l2, "weight")?;
+        let [h, w] = self.in_hw;
+        let plan = Taps::new(g, h, w);
+        let kk = g.k[0] * g.k[1];
+        if l2.dims() != [c, 1, g.k[0], g.k[1]] {
+            candle_core::bail!(
+                "depthwise conv input grad: weight {:?} for {c} channels",
+                l2.dims()
+            );
+        }
+        let mut gx = vec![0f32; n * c * h * w];
+        if h * w > 0 {
+            gx.par_chunks_mut(h * w).enumerate().for_each(|(p, gp)| {
+                let ch = p % c;
+                plan.input_grad(
+                    &gy[p * oh * ow..(p + 1) * oh * ow],
+                    &wk[ch * kk..(ch + 1) * kk],
+                    gp,
+                );
+            });
+        }
+        Ok((CpuStorage::F32(gx), Shape::from((n, c, h, w))))
+    }
+}
+
+/// Weight gradient: `x` `[N,C,H,W]`, `grad` `[N,C,oh,ow]` -> `[C,1,kh,kw]`.
+struct DwWeightGrad(ConvGeom);
+
+impl CustomOp2 for DwWeightGrad {
+    fn name(&self) -> &'static str {
+        "adaptivenet-depthwise-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        let (n, c, h, w) = dims4(l1)?;
+        let (gn, gc, oh, ow) = dims4(l2)?;
+        if (gn, gc) != (n, c) || [oh, ow] != g.out {
+            candle_core::bail!(
+                "depthwise conv weight grad: gradient {:?} for input {:?} and output {:?}",
+                l2.dims(),
+                l1.dims(),
+                g.out
+            );
+        }
+        let x = slice(s1, l1, "input")?;
+        let gy = slice(s2, l2, "output gradient")?;
+        let plan = Taps::new(g, h, w);
+        let kk = g.k[0] * g.k[1];
+        let mut gw = vec![0f32; c * kk];
+        if kk > 0 {
+            gw.par_chunks_mut(kk).enumerate().for_each(|(ch, gwc)| {
+                for b in 0..n {
+                    let p = b * c + ch;
+                    plan.weight_grad(
+                        &x[p * h * w..(p + 1) * h * w],
+                        &gy[p * oh * ow..(p + 1) * oh * ow],
+                        gwc,
+                    );
+                }
+            });
+        }
+        Ok((CpuStorage::F32(gw), Shape::from((c, 1, g.k[0], g.k[1]))))
+    }
+}

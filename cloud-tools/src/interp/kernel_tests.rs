@@ -1,0 +1,287 @@
+//! Tests of the dedicated convolution kernels (depthwise, 1x1): values and
+//! both gradients against candle's reference `conv2d` and its backward.
+
+use candle_core::{Device, Tensor, Var};
+
+use super::depthwise::depthwise_conv2d;
+use super::gemm_conv;
+use super::geom::ConvGeom;
+
+/// Deterministic pseudo-random floats in [-1, 1).
+fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(7);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn var(dims: &[usize], seed: u64) -> Var {
+    Var::from_vec(rand_vec(dims.iter().product(), seed), dims, &Device::Cpu).unwrap()
+}
+
+fn to_vec(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    to_vec(a)
+        .iter()
+        .zip(to_vec(b))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// `y1` and `y2` agree, and so do the gradients of `sum(y * r)` with
+/// respect to `x` and `w` (candle's backward on `y2` is the reference).
+fn check_grads(label: &str, x: &Var, w: &Var, y1: &Tensor, y2: &Tensor, seed: u64) {
+    let d = max_abs_diff(y1, y2);
+    let scale = to_vec(y2).iter().fold(1f32, |m, v| m.max(v.abs()));
+    assert!(d < 1e-5 * scale, "{label}: values differ by {d}");
+    let r = Tensor::from_vec(rand_vec(y1.elem_count(), seed), y1.dims(), &Device::Cpu).unwrap();
+    let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    for (name, v) in [("x", x), ("w", w)] {
+        let a = g1.get(v.as_tensor()).expect("gradient of the kernel");
+        let b = g2.get(v.as_tensor()).expect("reference gradient");
+        let d = max_abs_diff(a, b);
+        let scale = to_vec(b).iter().fold(1f32, |m, v| m.max(v.abs()));
+        assert!(
+            d < 1e-5 * scale,
+            "{label}: gradient of {name} differs by {d} (scale {scale})"
+        );
+    }
+}
+
+#[test]
+fn depthwise_matches_candle_conv2d_values_and_gradients() {
+    let mut seed = 1;
+    let mut checked = 0;
+    for &c in &[1usize, 3, 8, 17] {
+        for &(h, w) in &[(9usize, 9usize), (8, 8), (7, 10)] {
+            for &s in &[1usize, 2] {
+                for &p in &[0usize, 1] {
+                    for &d in &[1usize, 2] {
+                        let k = 3;
+                        let ek = d * (k - 1) + 1;
+                        if h + 2 * p < ek || w + 2 * p < ek {
+                            continue;
+                        }
+                        // candle's own backward needs the same remainder on both axes
+                        if (h + 2 * p - ek) % s != (w + 2 * p - ek) % s {
+                            continue;
+                        }
+                        seed += 3;
+                        let x = var(&[2, c, h, w], seed);
+                        let wv = var(&[c, 1, k, k], seed + 1);
+                        let out = [(h + 2 * p - ek) / s + 1, (w + 2 * p - ek) / s + 1];
+                        let geom = ConvGeom {
+                            k: [k, k],
+                            s: [s, s],
+                            d: [d, d],
+                            pad: [p, p],
+                            out,
+                        };
+                        let y1 = depthwise_conv2d(x.as_tensor(), wv.as_tensor(), geom).unwrap();
+                        let y2 = x.as_tensor().conv2d(wv.as_tensor(), p, s, d, c).unwrap();
+                        let label = format!("c{c} {h}x{w} s{s} p{p} d{d}");
+                        check_grads(&label, &x, &wv, &y1, &y2, seed + 2);
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked >= 40, "only {checked} cases ran");
+}
+
+/// Asymmetric padding and windows that leave input rows unused: the
+/// reference pads explicitly and crops what no window reaches.
+#[test]
+fn depthwise_asymmetric_padding_matches_padded_reference() {
+    // (h, w, stride, pad top, pad left, pad bottom, pad right)
+    let cases = [
+        (8usize, 8usize, 2usize, 0usize, 0usize, 1usize, 1usize),
+        (9, 7, 2, 1, 0, 0, 2),
+        (7, 7, 1, 2, 1, 0, 1),
+        (10, 9, 3, 1, 1, 1, 1),
+    ];
+    for (i, &(h, w, s, pt, pl, pb, pr)) in cases.iter().enumerate() {
+        let c = 5;
+        let k = 3;
+        let x = var(&[3, c, h, w], 100 + i as u64);
+        let wv = var(&[c, 1, k, k], 200 + i as u64);
+        let out = [(h + pt + pb - k) / s + 1, (w + pl + pr - k) / s + 1];
+        let geom = ConvGeom {
+            k: [k, k],
+            s: [s, s],
+            d: [1, 1],
+            pad: [pt, pl],
+            out,
+        };
+        let y1 = depthwise_conv2d(x.as_tensor(), wv.as_tensor(), geom).unwrap();
+        let used = [(out[0] - 1) * s + k, (out[1] - 1) * s + k];
+        let xp = x
+            .as_tensor()
+            .pad_with_zeros(2, pt, pb)
+            .unwrap()
+            .pad_with_zeros(3, pl, pr)
+            .unwrap()
+            .narrow(2, 0, used[0])
+            .unwrap()
+            .narrow(3, 0, used[1])
+            .unwrap();
+        let y2 = xp.conv2d(wv.as_tensor(), 0, s, 1, c).unwrap();
+        let label = format!("{h}x{w} s{s} pads {pt},{pl},{pb},{pr}");
+        check_grads(&label, &x, &wv, &y1, &y2, 300 + i as u64);
+    }
+}
+
+/// Only tracked arguments get a gradient (a fed cut tensor gets none).
+#[test]
+fn depthwise_gradients_only_for_tracked_arguments() {
+    let geom = ConvGeom {
+        k: [3, 3],
+        s: [1, 1],
+        d: [1, 1],
+        pad: [1, 1],
+        out: [6, 6],
+    };
+    let x = Tensor::from_vec(rand_vec(2 * 4 * 36, 1), (2, 4, 6, 6), &Device::Cpu).unwrap();
+    let wv = var(&[4, 1, 3, 3], 2);
+    let g = depthwise_conv2d(&x, wv.as_tensor(), geom)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(g.get(&x).is_none());
+    assert!(g.get(wv.as_tensor()).is_some());
+    // a weight of the wrong shape is an error, not a panic
+    let bad = var(&[3, 1, 3, 3], 3);
+    assert!(depthwise_conv2d(&x, bad.as_tensor(), geom).is_err());
+}
+
+#[test]
+fn gemm_conv_matches_candle_conv2d_values_and_gradients() {
+    let mut seed = 500;
+    let mut checked = 0;
+    // (C, O, kernel)
+    for &(c, o, k) in &[
+        (3usize, 5usize, 1usize),
+        (16, 8, 1),
+        (4, 6, 3),
+        (1, 3, 3),
+        (5, 2, 2),
+    ] {
+        for &(h, w) in &[(9usize, 9usize), (8, 8), (7, 10)] {
+            for &s in &[1usize, 2] {
+                for &p in &[0usize, 1] {
+                    for &d in &[1usize, 2] {
+                        let ek = d * (k - 1) + 1;
+                        if h + 2 * p < ek || w + 2 * p < ek || (k == 1 && d > 1) {
+                            continue;
+                        }
+                        if (h + 2 * p - ek) % s != (w + 2 * p - ek) % s {
+                            continue;
+                        }
+                        seed += 3;
+                        let x = var(&[3, c, h, w], seed);
+                        let wv = var(&[o, c, k, k], seed + 1);
+                        let out = [(h + 2 * p - ek) / s + 1, (w + 2 * p - ek) / s + 1];
+                        let geom = ConvGeom {
+                            k: [k, k],
+                            s: [s, s],
+                            d: [d, d],
+                            pad: [p, p],
+                            out,
+                        };
+                        let y1 = gemm_conv::conv2d(x.as_tensor(), wv.as_tensor(), geom).unwrap();
+                        let y2 = x.as_tensor().conv2d(wv.as_tensor(), p, s, d, 1).unwrap();
+                        let label = format!("c{c} o{o} k{k} {h}x{w} s{s} p{p} d{d}");
+                        check_grads(&label, &x, &wv, &y1, &y2, seed + 2);
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked >= 60, "only {checked} cases ran");
+}
+
+#[test]
+fn gemm_conv_asymmetric_padding_matches_padded_reference() {
+    let cases = [
+        (8usize, 8usize, 2usize, 0usize, 0usize, 1usize, 1usize),
+        (9, 7, 2, 1, 0, 0, 2),
+        (7, 7, 1, 2, 1, 0, 1),
+        (10, 9, 3, 1, 1, 1, 1),
+    ];
+    for (i, &(h, w, s, pt, pl, pb, pr)) in cases.iter().enumerate() {
+        let (c, o, k) = (4, 3, 3);
+        let x = var(&[2, c, h, w], 600 + i as u64);
+        let wv = var(&[o, c, k, k], 700 + i as u64);
+        let out = [(h + pt + pb - k) / s + 1, (w + pl + pr - k) / s + 1];
+        let geom = ConvGeom {
+            k: [k, k],
+            s: [s, s],
+            d: [1, 1],
+            pad: [pt, pl],
+            out,
+        };
+        let y1 = gemm_conv::conv2d(x.as_tensor(), wv.as_tensor(), geom).unwrap();
+        let used = [(out[0] - 1) * s + k, (out[1] - 1) * s + k];
+        let xp = x
+            .as_tensor()
+            .pad_with_zeros(2, pt, pb)
+            .unwrap()
+            .pad_with_zeros(3, pl, pr)
+            .unwrap()
+            .narrow(2, 0, used[0])
+            .unwrap()
+            .narrow(3, 0, used[1])
+            .unwrap();
+        let y2 = xp.conv2d(wv.as_tensor(), 0, s, 1, 1).unwrap();
+        let label = format!("{h}x{w} s{s} pads {pt},{pl},{pb},{pr}");
+        check_grads(&label, &x, &wv, &y1, &y2, 800 + i as u64);
+    }
+}
+
+/// Only tracked arguments get a gradient; a mismatched weight is an error.
+#[test]
+fn gemm_conv_gradients_only_for_tracked_arguments() {
+    let geom = ConvGeom {
+        k: [1, 1],
+        s: [1, 1],
+        d: [1, 1],
+        pad: [0, 0],
+        out: [5, 5],
+    };
+    let x = Tensor::from_vec(rand_vec(2 * 4 * 25, 9), (2, 4, 5, 5), &Device::Cpu).unwrap();
+    let wv = var(&[6, 4, 1, 1], 10);
+    let g = gemm_conv::conv2d(&x, wv.as_tensor(), geom)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(g.get(&x).is_none());
+    assert!(g.get(wv.as_tensor()).is_some());
+    let xv = var(&[2, 4, 5, 5], 11);
+    let w = Tensor::from_vec(rand_vec(24, 12), (6, 4, 1, 1), &Device::Cpu).unwrap();
+    let g = gemm_conv::conv2d(xv.as_tensor(), &w, geom)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(g.get(xv.as_tensor()).is_some());
+    assert!(g.get(&w).is_none());
+    let bad = var(&[6, 3, 1, 1], 13);
+    assert!(gemm_conv::conv2d(&x, bad.as_tensor(), geom).is_err());
+}
