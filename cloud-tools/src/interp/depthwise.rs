@@ -7,17 +7,24 @@
 //!
 //! Padding is given per side (top, left) with the output size, so any
 //! explicit or `auto_pad` padding, stride and dilation is exact: input rows
-//! and columns no window reaches get a zero gradient.
+//! and columns no window reaches get a zero gradient. The bias is fused
+//! (each output plane starts as its channel's bias).
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::gemm_conv::{bias_grad, bias_or_zeros, slice};
 use super::geom::{ConvGeom, Taps};
 
-/// Depthwise convolution of `x` `[N,C,H,W]` with `w` `[C,1,kh,kw]`, no
-/// bias. On a non-CPU device this is an error: the caller falls back to
-/// candle's own ops there.
-pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, geom: ConvGeom) -> Result<Tensor> {
+/// Depthwise convolution of `x` `[N,C,H,W]` with `w` `[C,1,kh,kw]` plus
+/// the bias `b` `[C]` if any. On a non-CPU device this is an error: the
+/// caller falls back to candle's own ops there.
+pub fn depthwise_conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    geom: ConvGeom,
+) -> Result<Tensor> {
     let (_, c, _, _) = x.dims4()?;
     let (o, ci, kh, kw) = w.dims4()?;
     if o != c || ci != 1 || [kh, kw] != geom.k {
@@ -27,23 +34,24 @@ pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, geom: ConvGeom) -> Result<Tensor
             geom.k
         );
     }
+    let b = bias_or_zeros(b, c, x)?;
     let x = x.contiguous()?;
     let w = w.contiguous()?;
-    x.apply_op2(&w, DwConv(geom))
+    x.apply_op3(&w, &b, DwConv(geom))
 }
 
 /// The per-plane loops of the three passes.
 trait PlaneOps {
-    fn forward(&self, x: &[f32], wk: &[f32], y: &mut [f32]);
+    fn forward(&self, x: &[f32], wk: &[f32], bias: f32, y: &mut [f32]);
     fn input_grad(&self, g: &[f32], wk: &[f32], gx: &mut [f32]);
     fn weight_grad(&self, x: &[f32], g: &[f32], gw: &mut [f32]);
 }
 
 impl PlaneOps for Taps {
-    /// y[oy, ox] += w[ky, kx] * x[iy, ix] over the plane.
-    fn forward(&self, x: &[f32], wk: &[f32], y: &mut [f32]) {
+    /// y[oy, ox] = bias + sum w[ky, kx] * x[iy, ix] over the plane.
+    fn forward(&self, x: &[f32], wk: &[f32], bias: f32, y: &mut [f32]) {
         let kw = self.cols.len();
-        y.fill(0.0);
+        y.fill(bias);
         self.for_each_row(|ky, yo, xo| {
             for (kx, c) in self.cols.iter().enumerate() {
                 let wv = wk[ky * kw + kx];
@@ -110,28 +118,14 @@ impl PlaneOps for Taps {
     }
 }
 
-/// The f32 data of a contiguous CPU tensor.
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("depthwise conv: {what} must be f32");
-    };
-    if !l.is_contiguous() {
-        candle_core::bail!("depthwise conv: {what} must be contiguous");
-    }
-    let start = l.start_offset();
-    let n = l.shape().elem_count();
-    v.get(start..start + n)
-        .ok_or_else(|| candle_core::Error::Msg(format!("depthwise conv: {what} out of bounds")))
-}
-
 fn dims4(l: &Layout) -> Result<(usize, usize, usize, usize)> {
     l.shape().dims4()
 }
 
-/// Forward: `x` `[N,C,H,W]`, `w` `[C,1,kh,kw]` -> `[N,C,oh,ow]`.
+/// Forward: `x` `[N,C,H,W]`, `w` `[C,1,kh,kw]`, `b` `[C]` -> `[N,C,oh,ow]`.
 struct DwConv(ConvGeom);
 
-impl CustomOp2 for DwConv {
+impl CustomOp3 for DwConv {
     fn name(&self) -> &'static str {
         "adaptivenet-depthwise-conv2d"
     }
@@ -142,16 +136,23 @@ impl CustomOp2 for DwConv {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.0;
         let (n, c, h, w) = dims4(l1)?;
         let x = slice(s1, l1, "input")?;
         let wk = slice(s2, l2, "weight")?;
+        let bias = slice(s3, l3, "bias")?;
         let (oh, ow) = (g.out[0], g.out[1]);
         let plan = Taps::new(g, h, w);
         let kk = g.k[0] * g.k[1];
-        if l2.dims() != [c, 1, g.k[0], g.k[1]] {
-            candle_core::bail!("depthwise conv: weight {:?} for {c} channels", l2.dims());
+        if l2.dims() != [c, 1, g.k[0], g.k[1]] || l3.dims() != [c] {
+            candle_core::bail!(
+                "depthwise conv: weight {:?} and bias {:?} for {c} channels",
+                l2.dims(),
+                l3.dims()
+            );
         }
         let mut y = vec![0f32; n * c * oh * ow];
         if oh * ow > 0 {
@@ -160,6 +161,7 @@ impl CustomOp2 for DwConv {
                 plan.forward(
                     &x[p * h * w..(p + 1) * h * w],
                     &wk[ch * kk..(ch + 1) * kk],
+                    bias[ch],
                     yp,
                 );
             });
@@ -171,9 +173,10 @@ impl CustomOp2 for DwConv {
         &self,
         x: &Tensor,
         w: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let gx = if x.track_op() {
             let (_, _, h, wd) = x.dims4()?;
@@ -192,7 +195,12 @@ impl CustomOp2 for DwConv {
         } else {
             None
         };
-        Ok((gx, gw))
+        let gb = if b.track_op() {
+            Some(bias_grad(&grad, b)?)
+        } else {
+            None
+        };
+        Ok((gx, gw, gb))
     }
 }
 

@@ -11,17 +11,21 @@
 //! A 1x1 convolution with stride 1 and no padding is a plain GEMM on the
 //! sample's `[C, H·W]` plane: no im2col at all. Otherwise `cols` is built
 //! per sample from the tap geometry of [`super::geom`] (padding is never
-//! materialised). Only the gradients of tracked arguments are computed.
+//! materialised). The bias is fused: each output plane starts as its bias
+//! and the GEMM accumulates onto it; its gradient is one pass over the
+//! output gradient ([`bias_grad`], shared with the depthwise kernel). Only
+//! the gradients of tracked arguments are computed.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::geom::{ConvGeom, Taps};
 
-/// Convolution of `x` `[N,C,H,W]` with `w` `[O,C,kh,kw]` (no bias).
-pub fn conv2d(x: &Tensor, w: &Tensor, geom: ConvGeom) -> Result<Tensor> {
+/// Convolution of `x` `[N,C,H,W]` with `w` `[O,C,kh,kw]` plus the bias
+/// `b` `[O]` if any.
+pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, geom: ConvGeom) -> Result<Tensor> {
     let (_, c, _, _) = x.dims4()?;
-    let (_, ci, kh, kw) = w.dims4()?;
+    let (o, ci, kh, kw) = w.dims4()?;
     if ci != c || [kh, kw] != geom.k {
         candle_core::bail!(
             "conv: weight {:?} does not fit {c} input channels and kernel {:?}",
@@ -29,9 +33,59 @@ pub fn conv2d(x: &Tensor, w: &Tensor, geom: ConvGeom) -> Result<Tensor> {
             geom.k
         );
     }
+    let b = bias_or_zeros(b, o, x)?;
     let x = x.contiguous()?;
     let w = w.contiguous()?;
-    x.apply_op2(&w, GemmConv(geom))
+    x.apply_op3(&w, &b, GemmConv(geom))
+}
+
+/// The bias as a contiguous `[o]` tensor (zeros, untracked, when absent).
+pub(super) fn bias_or_zeros(b: Option<&Tensor>, o: usize, like: &Tensor) -> Result<Tensor> {
+    match b {
+        Some(b) => {
+            if b.elem_count() != o {
+                candle_core::bail!("conv: bias {:?} for {o} output channels", b.dims());
+            }
+            b.reshape(o)?.contiguous()
+        }
+        None => Tensor::zeros(o, like.dtype(), like.device()),
+    }
+}
+
+/// Gradient of a per-channel bias: `grad` `[N,O,...]` summed over all but
+/// the channel axis, shaped like `b`.
+pub(super) fn bias_grad(grad: &Tensor, b: &Tensor) -> Result<Tensor> {
+    grad.apply_op1_no_bwd(&BiasGrad)?.reshape(b.shape())
+}
+
+/// `[N,O,...]` -> `[O]`: the sum over samples and positions per channel.
+struct BiasGrad;
+
+impl CustomOp1 for BiasGrad {
+    fn name(&self) -> &'static str {
+        "adaptivenet-conv-bias-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = l.dims();
+        if dims.len() < 2 {
+            candle_core::bail!("conv bias grad: gradient {dims:?} has no channel axis");
+        }
+        let (n, o) = (dims[0], dims[1]);
+        let p: usize = dims[2..].iter().product();
+        let g = slice(s, l, "output gradient")?;
+        let mut gb = vec![0f32; o];
+        gb.par_iter_mut().enumerate().for_each(|(ch, acc)| {
+            *acc = (0..n)
+                .map(|b| {
+                    g[(b * o + ch) * p..(b * o + ch + 1) * p]
+                        .iter()
+                        .sum::<f32>()
+                })
+                .sum();
+        });
+        Ok((CpuStorage::F32(gb), Shape::from(o)))
+    }
 }
 
 /// A row-major view of a matrix inside a slice: element (i, j) is at
@@ -217,7 +271,7 @@ impl<'a> Conv<'a> {
 }
 
 /// The f32 data of a contiguous CPU tensor.
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(super) fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         candle_core::bail!("conv: {what} must be f32");
     };
@@ -230,10 +284,10 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
         .ok_or_else(|| candle_core::Error::Msg(format!("conv: {what} out of bounds")))
 }
 
-/// Forward: `x` `[N,C,H,W]`, `w` `[O,C,kh,kw]` -> `[N,O,oh,ow]`.
+/// Forward: `x` `[N,C,H,W]`, `w` `[O,C,kh,kw]`, `b` `[O]` -> `[N,O,oh,ow]`.
 struct GemmConv(ConvGeom);
 
-impl CustomOp2 for GemmConv {
+impl CustomOp3 for GemmConv {
     fn name(&self) -> &'static str {
         "adaptivenet-gemm-conv2d"
     }
@@ -244,15 +298,23 @@ impl CustomOp2 for GemmConv {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.0;
         let (n, c, h, w) = l1.shape().dims4()?;
         let (o, ci, kh, kw) = l2.shape().dims4()?;
-        if ci != c || [kh, kw] != g.k {
-            candle_core::bail!("conv: weight {:?} for input {:?}", l2.dims(), l1.dims());
+        if ci != c || [kh, kw] != g.k || l3.dims() != [o] {
+            candle_core::bail!(
+                "conv: weight {:?} and bias {:?} for input {:?}",
+                l2.dims(),
+                l3.dims(),
+                l1.dims()
+            );
         }
         let x = slice(s1, l1, "input")?;
         let wk = slice(s2, l2, "weight")?;
+        let bias = slice(s3, l3, "bias")?;
         let conv = Conv::new(g, Dims { c, h, w });
         let (k, p) = (conv.k(), conv.p());
         let mut y = vec![0f32; n * o * p];
@@ -262,12 +324,15 @@ impl CustomOp2 for GemmConv {
                 |buf, (b, yn)| {
                     let xn = &x[b * c * h * w..(b + 1) * c * h * w];
                     let cols = conv.cols(xn, buf);
+                    for (row, &bv) in yn.chunks_mut(p).zip(bias) {
+                        row.fill(bv);
+                    }
                     gemm(
                         o,
                         p,
                         k,
                         yn,
-                        false,
+                        true,
                         Mat {
                             data: wk,
                             rs: k,
@@ -289,9 +354,10 @@ impl CustomOp2 for GemmConv {
         &self,
         x: &Tensor,
         w: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let gx = if x.track_op() {
             let (_, _, h, wd) = x.dims4()?;
@@ -310,7 +376,12 @@ impl CustomOp2 for GemmConv {
         } else {
             None
         };
-        Ok((gx, gw))
+        let gb = if b.track_op() {
+            Some(bias_grad(&grad, b)?)
+        } else {
+            None
+        };
+        Ok((gx, gw, gb))
     }
 }
 

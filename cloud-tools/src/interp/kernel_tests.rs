@@ -38,15 +38,15 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 /// `y1` and `y2` agree, and so do the gradients of `sum(y * r)` with
-/// respect to `x` and `w` (candle's backward on `y2` is the reference).
-fn check_grads(label: &str, x: &Var, w: &Var, y1: &Tensor, y2: &Tensor, seed: u64) {
+/// respect to each of `vars` (candle's backward on `y2` is the reference).
+fn check_grads(label: &str, vars: &[(&str, &Var)], y1: &Tensor, y2: &Tensor, seed: u64) {
     let d = max_abs_diff(y1, y2);
     let scale = to_vec(y2).iter().fold(1f32, |m, v| m.max(v.abs()));
     assert!(d < 1e-5 * scale, "{label}: values differ by {d}");
     let r = Tensor::from_vec(rand_vec(y1.elem_count(), seed), y1.dims(), &Device::Cpu).unwrap();
     let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    for (name, v) in [("x", x), ("w", w)] {
+    for &(name, v) in vars {
         let a = g1.get(v.as_tensor()).expect("gradient of the kernel");
         let b = g2.get(v.as_tensor()).expect("reference gradient");
         let d = max_abs_diff(a, b);
@@ -87,10 +87,28 @@ fn depthwise_matches_candle_conv2d_values_and_gradients() {
                             pad: [p, p],
                             out,
                         };
-                        let y1 = depthwise_conv2d(x.as_tensor(), wv.as_tensor(), geom).unwrap();
-                        let y2 = x.as_tensor().conv2d(wv.as_tensor(), p, s, d, c).unwrap();
+                        let b = var(&[c], seed + 5);
+                        let y1 = depthwise_conv2d(
+                            x.as_tensor(),
+                            wv.as_tensor(),
+                            Some(b.as_tensor()),
+                            geom,
+                        )
+                        .unwrap();
+                        let y2 = x
+                            .as_tensor()
+                            .conv2d(wv.as_tensor(), p, s, d, c)
+                            .unwrap()
+                            .broadcast_add(&b.as_tensor().reshape((1, c, 1, 1)).unwrap())
+                            .unwrap();
                         let label = format!("c{c} {h}x{w} s{s} p{p} d{d}");
-                        check_grads(&label, &x, &wv, &y1, &y2, seed + 2);
+                        check_grads(
+                            &label,
+                            &[("x", &x), ("w", &wv), ("b", &b)],
+                            &y1,
+                            &y2,
+                            seed + 2,
+                        );
                         checked += 1;
                     }
                 }
@@ -124,7 +142,7 @@ fn depthwise_asymmetric_padding_matches_padded_reference() {
             pad: [pt, pl],
             out,
         };
-        let y1 = depthwise_conv2d(x.as_tensor(), wv.as_tensor(), geom).unwrap();
+        let y1 = depthwise_conv2d(x.as_tensor(), wv.as_tensor(), None, geom).unwrap();
         let used = [(out[0] - 1) * s + k, (out[1] - 1) * s + k];
         let xp = x
             .as_tensor()
@@ -138,7 +156,7 @@ fn depthwise_asymmetric_padding_matches_padded_reference() {
             .unwrap();
         let y2 = xp.conv2d(wv.as_tensor(), 0, s, 1, c).unwrap();
         let label = format!("{h}x{w} s{s} pads {pt},{pl},{pb},{pr}");
-        check_grads(&label, &x, &wv, &y1, &y2, 300 + i as u64);
+        check_grads(&label, &[("x", &x), ("w", &wv)], &y1, &y2, 300 + i as u64);
     }
 }
 
@@ -154,7 +172,7 @@ fn depthwise_gradients_only_for_tracked_arguments() {
     };
     let x = Tensor::from_vec(rand_vec(2 * 4 * 36, 1), (2, 4, 6, 6), &Device::Cpu).unwrap();
     let wv = var(&[4, 1, 3, 3], 2);
-    let g = depthwise_conv2d(&x, wv.as_tensor(), geom)
+    let g = depthwise_conv2d(&x, wv.as_tensor(), None, geom)
         .unwrap()
         .sum_all()
         .unwrap()
@@ -164,7 +182,9 @@ fn depthwise_gradients_only_for_tracked_arguments() {
     assert!(g.get(wv.as_tensor()).is_some());
     // a weight of the wrong shape is an error, not a panic
     let bad = var(&[3, 1, 3, 3], 3);
-    assert!(depthwise_conv2d(&x, bad.as_tensor(), geom).is_err());
+    assert!(depthwise_conv2d(&x, bad.as_tensor(), None, geom).is_err());
+    let bad_bias = var(&[3], 4);
+    assert!(depthwise_conv2d(&x, wv.as_tensor(), Some(bad_bias.as_tensor()), geom).is_err());
 }
 
 #[test]
@@ -201,10 +221,28 @@ fn gemm_conv_matches_candle_conv2d_values_and_gradients() {
                             pad: [p, p],
                             out,
                         };
-                        let y1 = gemm_conv::conv2d(x.as_tensor(), wv.as_tensor(), geom).unwrap();
-                        let y2 = x.as_tensor().conv2d(wv.as_tensor(), p, s, d, 1).unwrap();
+                        let b = var(&[o], seed + 5);
+                        let y1 = gemm_conv::conv2d(
+                            x.as_tensor(),
+                            wv.as_tensor(),
+                            Some(b.as_tensor()),
+                            geom,
+                        )
+                        .unwrap();
+                        let y2 = x
+                            .as_tensor()
+                            .conv2d(wv.as_tensor(), p, s, d, 1)
+                            .unwrap()
+                            .broadcast_add(&b.as_tensor().reshape((1, o, 1, 1)).unwrap())
+                            .unwrap();
                         let label = format!("c{c} o{o} k{k} {h}x{w} s{s} p{p} d{d}");
-                        check_grads(&label, &x, &wv, &y1, &y2, seed + 2);
+                        check_grads(
+                            &label,
+                            &[("x", &x), ("w", &wv), ("b", &b)],
+                            &y1,
+                            &y2,
+                            seed + 2,
+                        );
                         checked += 1;
                     }
                 }
@@ -234,7 +272,7 @@ fn gemm_conv_asymmetric_padding_matches_padded_reference() {
             pad: [pt, pl],
             out,
         };
-        let y1 = gemm_conv::conv2d(x.as_tensor(), wv.as_tensor(), geom).unwrap();
+        let y1 = gemm_conv::conv2d(x.as_tensor(), wv.as_tensor(), None, geom).unwrap();
         let used = [(out[0] - 1) * s + k, (out[1] - 1) * s + k];
         let xp = x
             .as_tensor()
@@ -248,7 +286,7 @@ fn gemm_conv_asymmetric_padding_matches_padded_reference() {
             .unwrap();
         let y2 = xp.conv2d(wv.as_tensor(), 0, s, 1, 1).unwrap();
         let label = format!("{h}x{w} s{s} pads {pt},{pl},{pb},{pr}");
-        check_grads(&label, &x, &wv, &y1, &y2, 800 + i as u64);
+        check_grads(&label, &[("x", &x), ("w", &wv)], &y1, &y2, 800 + i as u64);
     }
 }
 
@@ -264,7 +302,7 @@ fn gemm_conv_gradients_only_for_tracked_arguments() {
     };
     let x = Tensor::from_vec(rand_vec(2 * 4 * 25, 9), (2, 4, 5, 5), &Device::Cpu).unwrap();
     let wv = var(&[6, 4, 1, 1], 10);
-    let g = gemm_conv::conv2d(&x, wv.as_tensor(), geom)
+    let g = gemm_conv::conv2d(&x, wv.as_tensor(), None, geom)
         .unwrap()
         .sum_all()
         .unwrap()
@@ -274,7 +312,7 @@ fn gemm_conv_gradients_only_for_tracked_arguments() {
     assert!(g.get(wv.as_tensor()).is_some());
     let xv = var(&[2, 4, 5, 5], 11);
     let w = Tensor::from_vec(rand_vec(24, 12), (6, 4, 1, 1), &Device::Cpu).unwrap();
-    let g = gemm_conv::conv2d(xv.as_tensor(), &w, geom)
+    let g = gemm_conv::conv2d(xv.as_tensor(), &w, None, geom)
         .unwrap()
         .sum_all()
         .unwrap()
@@ -283,5 +321,41 @@ fn gemm_conv_gradients_only_for_tracked_arguments() {
     assert!(g.get(xv.as_tensor()).is_some());
     assert!(g.get(&w).is_none());
     let bad = var(&[6, 3, 1, 1], 13);
-    assert!(gemm_conv::conv2d(&x, bad.as_tensor(), geom).is_err());
+    assert!(gemm_conv::conv2d(&x, bad.as_tensor(), None, geom).is_err());
+}
+
+/// The fused clamp equals candle's relu / clamp forward, and its gradient
+/// passes exactly where `lo <= x < hi`.
+#[test]
+fn clamp_values_and_gradient() {
+    let x = var(&[2, 3, 5, 7], 900);
+    // scale to [-8, 8) so both bounds of ReLU6 are crossed, plus exact ties
+    let xs = (x.as_tensor() * 8.0).unwrap();
+    let mut data = to_vec(&xs);
+    data[0] = 0.0;
+    data[1] = 6.0;
+    let x = Var::from_vec(data.clone(), xs.dims(), &Device::Cpu).unwrap();
+    for (lo, hi) in [
+        (Some(0f32), None),
+        (Some(0f32), Some(6f32)),
+        (None, Some(1f32)),
+    ] {
+        let y = super::activation::clamp(x.as_tensor(), lo, hi).unwrap();
+        let want = x
+            .as_tensor()
+            .clamp(lo.unwrap_or(f32::MIN), hi.unwrap_or(f32::MAX))
+            .unwrap();
+        assert_eq!(to_vec(&y), to_vec(&want));
+        let r = Tensor::from_vec(rand_vec(y.elem_count(), 901), y.dims(), &Device::Cpu).unwrap();
+        let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = to_vec(g.get(x.as_tensor()).unwrap());
+        for ((&gv, &xv), &rv) in g.iter().zip(&data).zip(&to_vec(&r)) {
+            let passes = lo.is_none_or(|l| xv >= l) && hi.is_none_or(|h| xv < h);
+            assert_eq!(
+                gv,
+                if passes { rv } else { 0.0 },
+                "x = {xv}, {lo:?}..{hi:?}"
+            );
+        }
+    }
 }

@@ -10,6 +10,7 @@
 //! fed to get c_j or a branch output. [`Interpreter::export`] gives the
 //! trained values back as ONNX initializers.
 
+pub mod activation;
 pub mod conv_grad;
 pub mod depthwise;
 pub mod gemm_conv;

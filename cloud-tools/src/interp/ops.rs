@@ -144,7 +144,13 @@ const OPS: &[(&str, OpFn)] = &[
     ("Mul", binary),
     ("Div", binary),
     ("Sum", sum),
-    ("Relu", |ctx| f(ctx.float(0)?.relu()?)),
+    ("Relu", |ctx| {
+        let x = ctx.float(0)?;
+        if x.device().is_cpu() {
+            return f(super::activation::clamp(&x, Some(0.0), None)?);
+        }
+        f(x.relu()?)
+    }),
     ("LeakyRelu", leaky_relu),
     ("Sigmoid", |ctx| f(candle_nn::ops::sigmoid(&ctx.float(0)?)?)),
     ("HardSigmoid", hard_sigmoid),
@@ -690,6 +696,9 @@ fn clip(ctx: &Ctx) -> R<Vec<Value>> {
     } else {
         (scalar(1)?, scalar(2)?)
     };
+    if x.device().is_cpu() {
+        return f(super::activation::clamp(&x, lo, hi)?);
+    }
     let mut y = x;
     if let Some(lo) = lo {
         y = if lo == 0.0 { y.relu()? } else { y.maximum(lo)? };
@@ -963,11 +972,13 @@ fn conv(ctx: &Ctx) -> R<Vec<Value>> {
             pad: [sp.pads[0], sp.pads[1]],
             out,
         };
-        if group == 1 {
-            super::gemm_conv::conv2d(&x, &w, geom)?
+        let b = ctx.opt(2).map(|b| b.to_float(ctx.device)).transpose()?;
+        let y = if group == 1 {
+            super::gemm_conv::conv2d(&x, &w, b.as_ref(), geom)?
         } else {
-            super::depthwise::depthwise_conv2d(&x, &w, geom)?
-        }
+            super::depthwise::depthwise_conv2d(&x, &w, b.as_ref(), geom)?
+        };
+        return f(if one_d { y.squeeze(2)? } else { y });
     } else if depthwise_shape {
         depthwise(&x, &w, &sp, out)?
     } else {
