@@ -211,6 +211,8 @@ fn main() -> Result<()> {
         .parse()
         .map_err(|e: adaptivenet_onnx::bundle::IdError| anyhow::anyhow!(e.0))?;
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    // as `adaptivenet elastify` does
+    adaptivenet_cloud_tools::alloc::keep_freed_memory();
     let dir = std::env::temp_dir().join(format!("adaptivenet-bench-train-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let setup = Setup {
