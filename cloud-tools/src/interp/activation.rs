@@ -1,13 +1,15 @@
 //! Clamping activations (ONNX `Relu`, and `Clip`: ReLU6 in MobileNetV2) on
-//! the CPU as one pass forward and one pass backward. candle's own chain
-//! (`relu`, then `minimum` with a broadcast scalar) costs several
-//! full-size temporaries forward and about ten backward (the `minimum`
-//! gradient builds masks for both operands).
+//! the CPU as one pass forward and one pass backward, standalone or fused
+//! into the convolution kernels (the interpreter fuses a Conv whose only
+//! reader is a Relu or Clip). candle's own chain (`relu`, then `minimum`
+//! with a broadcast scalar) costs several full-size temporaries forward and
+//! about ten backward (the `minimum` gradient builds masks for both
+//! operands).
 //!
-//! The gradient passes where `lo <= x < hi` (a missing bound is no limit):
-//! candle's `relu` gradient at `x = 0` is kept (1), and at `x = hi`, where
-//! candle's `minimum` split the gradient in half, it is 0, as in PyTorch's
-//! `hardtanh`.
+//! The gradient passes where the output is strictly inside `(lo, hi)` (a
+//! missing bound is no limit), as in PyTorch's `threshold`/`hardtanh`
+//! backward; only exact ties (`x == lo` or `x == hi`) differ from candle's
+//! `relu` (1 at 0) and `minimum` (1/2 at a tie).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -17,20 +19,16 @@ use super::gemm_conv::slice;
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
 
-/// `x` clamped to `[lo, hi]` (either bound optional), with its gradient.
-pub fn clamp(x: &Tensor, lo: Option<f32>, hi: Option<f32>) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Clamp { lo, hi })
-}
-
-#[derive(Clone, Copy)]
-struct Clamp {
-    lo: Option<f32>,
-    hi: Option<f32>,
+/// Bounds of a clamping activation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Clamp {
+    pub lo: Option<f32>,
+    pub hi: Option<f32>,
 }
 
 impl Clamp {
     #[inline]
-    fn apply(&self, v: f32) -> f32 {
+    pub fn apply(&self, v: f32) -> f32 {
         let v = match self.lo {
             Some(lo) if v < lo => lo,
             _ => v,
@@ -41,10 +39,31 @@ impl Clamp {
         }
     }
 
-    #[inline]
-    fn passes(&self, v: f32) -> bool {
-        self.lo.is_none_or(|lo| v >= lo) && self.hi.is_none_or(|hi| v < hi)
+    /// Clamp every element in place.
+    pub fn apply_slice(&self, v: &mut [f32]) {
+        for a in v {
+            *a = self.apply(*a);
+        }
     }
+
+    /// Whether the gradient passes at output value `y`.
+    #[inline]
+    fn passes(&self, y: f32) -> bool {
+        self.lo.is_none_or(|lo| y > lo) && self.hi.is_none_or(|hi| y < hi)
+    }
+}
+
+/// `x` clamped to `[lo, hi]`, with its gradient.
+pub fn clamp(x: &Tensor, act: Clamp) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(act)
+}
+
+/// The gradient before a clamp whose output is `y`: `grad` where `y` is
+/// strictly inside the bounds, 0 elsewhere.
+pub fn clamp_grad(y: &Tensor, grad: &Tensor, act: Clamp) -> Result<Tensor> {
+    y.detach()
+        .contiguous()?
+        .apply_op2_no_bwd(&grad.contiguous()?, &ClampGrad(act))
 }
 
 impl CustomOp1 for Clamp {
@@ -54,26 +73,17 @@ impl CustomOp1 for Clamp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l, "input")?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(y, x)| {
-                for (a, &b) in y.iter_mut().zip(x) {
-                    *a = self.apply(b);
-                }
-            });
+        let mut y = x.to_vec();
+        y.par_chunks_mut(CHUNK).for_each(|y| self.apply_slice(y));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(x.detach().contiguous()?.apply_op2_no_bwd(
-            &grad.contiguous()?,
-            &ClampGrad(*self),
-        )?))
+    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(clamp_grad(y, grad, *self)?))
     }
 }
 
-/// `grad` where the input passed the clamp, 0 elsewhere.
+/// `(y, grad)` -> `grad` where `y` passed the clamp, 0 elsewhere.
 struct ClampGrad(Clamp);
 
 impl CustomOp2 for ClampGrad {
@@ -88,21 +98,23 @@ impl CustomOp2 for ClampGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s1, l1, "input")?;
+        let y = slice(s1, l1, "output")?;
         let g = slice(s2, l2, "gradient")?;
-        if x.len() != g.len() {
+        if y.len() != g.len() {
             candle_core::bail!(
-                "clamp grad: gradient {:?} for input {:?}",
+                "clamp grad: gradient {:?} for output {:?}",
                 l2.dims(),
                 l1.dims()
             );
         }
-        let mut gx = vec![0f32; x.len()];
+        let mut gx = g.to_vec();
         gx.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(o, (x, g))| {
-                for ((a, &xv), &gv) in o.iter_mut().zip(x).zip(g) {
-                    *a = if self.0.passes(xv) { gv } else { 0.0 };
+            .zip(y.par_chunks(CHUNK))
+            .for_each(|(o, y)| {
+                for (a, &yv) in o.iter_mut().zip(y) {
+                    if !self.0.passes(yv) {
+                        *a = 0.0;
+                    }
                 }
             });
         Ok((CpuStorage::F32(gx), l1.shape().clone()))

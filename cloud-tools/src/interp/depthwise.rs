@@ -8,22 +8,26 @@
 //! Padding is given per side (top, left) with the output size, so any
 //! explicit or `auto_pad` padding, stride and dilation is exact: input rows
 //! and columns no window reaches get a zero gradient. The bias is fused
-//! (each output plane starts as its channel's bias).
+//! (each output plane starts as its channel's bias), and so can be a
+//! following Relu/Clip, as in `gemm_conv`.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::activation::{clamp_grad, Clamp};
 use super::gemm_conv::{bias_grad, bias_or_zeros, slice};
 use super::geom::{ConvGeom, Taps};
 
 /// Depthwise convolution of `x` `[N,C,H,W]` with `w` `[C,1,kh,kw]` plus
-/// the bias `b` `[C]` if any. On a non-CPU device this is an error: the
-/// caller falls back to candle's own ops there.
+/// the bias `b` `[C]` if any, then the activation `act` if any. On a
+/// non-CPU device this is an error: the caller falls back to candle's own
+/// ops there.
 pub fn depthwise_conv2d(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
     geom: ConvGeom,
+    act: Option<Clamp>,
 ) -> Result<Tensor> {
     let (_, c, _, _) = x.dims4()?;
     let (o, ci, kh, kw) = w.dims4()?;
@@ -37,7 +41,7 @@ pub fn depthwise_conv2d(
     let b = bias_or_zeros(b, c, x)?;
     let x = x.contiguous()?;
     let w = w.contiguous()?;
-    x.apply_op3(&w, &b, DwConv(geom))
+    x.apply_op3(&w, &b, DwConv { geom, act })
 }
 
 /// The per-plane loops of the three passes.
@@ -123,7 +127,10 @@ fn dims4(l: &Layout) -> Result<(usize, usize, usize, usize)> {
 }
 
 /// Forward: `x` `[N,C,H,W]`, `w` `[C,1,kh,kw]`, `b` `[C]` -> `[N,C,oh,ow]`.
-struct DwConv(ConvGeom);
+struct DwConv {
+    geom: ConvGeom,
+    act: Option<Clamp>,
+}
 
 impl CustomOp3 for DwConv {
     fn name(&self) -> &'static str {
@@ -139,7 +146,7 @@ impl CustomOp3 for DwConv {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = &self.0;
+        let g = &self.geom;
         let (n, c, h, w) = dims4(l1)?;
         let x = slice(s1, l1, "input")?;
         let wk = slice(s2, l2, "weight")?;
@@ -164,6 +171,9 @@ impl CustomOp3 for DwConv {
                     bias[ch],
                     yp,
                 );
+                if let Some(act) = &self.act {
+                    act.apply_slice(yp);
+                }
             });
         }
         Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
@@ -174,16 +184,19 @@ impl CustomOp3 for DwConv {
         x: &Tensor,
         w: &Tensor,
         b: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
+        let grad = match self.act {
+            Some(act) => clamp_grad(res, grad, act)?,
+            None => grad.contiguous()?,
+        };
         let gx = if x.track_op() {
             let (_, _, h, wd) = x.dims4()?;
             Some(grad.apply_op2_no_bwd(
                 &w.detach(),
                 &DwInputGrad {
-                    geom: self.0,
+                    geom: self.geom,
                     in_hw: [h, wd],
                 },
             )?)
@@ -191,7 +204,10 @@ impl CustomOp3 for DwConv {
             None
         };
         let gw = if w.track_op() {
-            Some(x.detach().apply_op2_no_bwd(&grad, &DwWeightGrad(self.0))?)
+            Some(
+                x.detach()
+                    .apply_op2_no_bwd(&grad, &DwWeightGrad(self.geom))?,
+            )
         } else {
             None
         };

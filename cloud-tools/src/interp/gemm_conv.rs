@@ -13,17 +13,27 @@
 //! per sample from the tap geometry of [`super::geom`] (padding is never
 //! materialised). The bias is fused: each output plane starts as its bias
 //! and the GEMM accumulates onto it; its gradient is one pass over the
-//! output gradient ([`bias_grad`], shared with the depthwise kernel). Only
-//! the gradients of tracked arguments are computed.
+//! output gradient ([`bias_grad`], shared with the depthwise kernel). A
+//! following Relu/Clip can be fused too ([`super::activation::Clamp`]:
+//! applied to each sample's output while it is in cache, its mask applied
+//! to the incoming gradient). Only the gradients of tracked arguments are
+//! computed.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::activation::{clamp_grad, Clamp};
 use super::geom::{ConvGeom, Taps};
 
 /// Convolution of `x` `[N,C,H,W]` with `w` `[O,C,kh,kw]` plus the bias
-/// `b` `[O]` if any.
-pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, geom: ConvGeom) -> Result<Tensor> {
+/// `b` `[O]` if any, then the activation `act` if any.
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    geom: ConvGeom,
+    act: Option<Clamp>,
+) -> Result<Tensor> {
     let (_, c, _, _) = x.dims4()?;
     let (o, ci, kh, kw) = w.dims4()?;
     if ci != c || [kh, kw] != geom.k {
@@ -36,7 +46,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, geom: ConvGeom) -> Res
     let b = bias_or_zeros(b, o, x)?;
     let x = x.contiguous()?;
     let w = w.contiguous()?;
-    x.apply_op3(&w, &b, GemmConv(geom))
+    x.apply_op3(&w, &b, GemmConv { geom, act })
 }
 
 /// The bias as a contiguous `[o]` tensor (zeros, untracked, when absent).
@@ -285,7 +295,10 @@ pub(super) fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a
 }
 
 /// Forward: `x` `[N,C,H,W]`, `w` `[O,C,kh,kw]`, `b` `[O]` -> `[N,O,oh,ow]`.
-struct GemmConv(ConvGeom);
+struct GemmConv {
+    geom: ConvGeom,
+    act: Option<Clamp>,
+}
 
 impl CustomOp3 for GemmConv {
     fn name(&self) -> &'static str {
@@ -301,7 +314,7 @@ impl CustomOp3 for GemmConv {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = &self.0;
+        let g = &self.geom;
         let (n, c, h, w) = l1.shape().dims4()?;
         let (o, ci, kh, kw) = l2.shape().dims4()?;
         if ci != c || [kh, kw] != g.k || l3.dims() != [o] {
@@ -343,7 +356,11 @@ impl CustomOp3 for GemmConv {
                             rs: p,
                             cs: 1,
                         },
-                    )
+                    )?;
+                    if let Some(act) = &self.act {
+                        act.apply_slice(yn);
+                    }
+                    Ok::<(), candle_core::Error>(())
                 },
             )?;
         }
@@ -355,16 +372,19 @@ impl CustomOp3 for GemmConv {
         x: &Tensor,
         w: &Tensor,
         b: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
+        let grad = match self.act {
+            Some(act) => clamp_grad(res, grad, act)?,
+            None => grad.contiguous()?,
+        };
         let gx = if x.track_op() {
             let (_, _, h, wd) = x.dims4()?;
             Some(grad.apply_op2_no_bwd(
                 &w.detach(),
                 &InputGrad {
-                    geom: self.0,
+                    geom: self.geom,
                     in_hw: [h, wd],
                 },
             )?)
@@ -372,7 +392,7 @@ impl CustomOp3 for GemmConv {
             None
         };
         let gw = if w.track_op() {
-            Some(x.detach().apply_op2_no_bwd(&grad, &WeightGrad(self.0))?)
+            Some(x.detach().apply_op2_no_bwd(&grad, &WeightGrad(self.geom))?)
         } else {
             None
         };

@@ -3,6 +3,7 @@
 
 use candle_core::{Device, Tensor, Var};
 
+use super::activation::Clamp;
 use super::depthwise::depthwise_conv2d;
 use super::gemm_conv;
 use super::geom::ConvGeom;
@@ -93,6 +94,7 @@ fn depthwise_matches_candle_conv2d_values_and_gradients() {
                             wv.as_tensor(),
                             Some(b.as_tensor()),
                             geom,
+                            None,
                         )
                         .unwrap();
                         let y2 = x
@@ -142,7 +144,7 @@ fn depthwise_asymmetric_padding_matches_padded_reference() {
             pad: [pt, pl],
             out,
         };
-        let y1 = depthwise_conv2d(x.as_tensor(), wv.as_tensor(), None, geom).unwrap();
+        let y1 = depthwise_conv2d(x.as_tensor(), wv.as_tensor(), None, geom, None).unwrap();
         let used = [(out[0] - 1) * s + k, (out[1] - 1) * s + k];
         let xp = x
             .as_tensor()
@@ -172,7 +174,7 @@ fn depthwise_gradients_only_for_tracked_arguments() {
     };
     let x = Tensor::from_vec(rand_vec(2 * 4 * 36, 1), (2, 4, 6, 6), &Device::Cpu).unwrap();
     let wv = var(&[4, 1, 3, 3], 2);
-    let g = depthwise_conv2d(&x, wv.as_tensor(), None, geom)
+    let g = depthwise_conv2d(&x, wv.as_tensor(), None, geom, None)
         .unwrap()
         .sum_all()
         .unwrap()
@@ -182,9 +184,9 @@ fn depthwise_gradients_only_for_tracked_arguments() {
     assert!(g.get(wv.as_tensor()).is_some());
     // a weight of the wrong shape is an error, not a panic
     let bad = var(&[3, 1, 3, 3], 3);
-    assert!(depthwise_conv2d(&x, bad.as_tensor(), None, geom).is_err());
+    assert!(depthwise_conv2d(&x, bad.as_tensor(), None, geom, None).is_err());
     let bad_bias = var(&[3], 4);
-    assert!(depthwise_conv2d(&x, wv.as_tensor(), Some(bad_bias.as_tensor()), geom).is_err());
+    assert!(depthwise_conv2d(&x, wv.as_tensor(), Some(bad_bias.as_tensor()), geom, None).is_err());
 }
 
 #[test]
@@ -227,6 +229,7 @@ fn gemm_conv_matches_candle_conv2d_values_and_gradients() {
                             wv.as_tensor(),
                             Some(b.as_tensor()),
                             geom,
+                            None,
                         )
                         .unwrap();
                         let y2 = x
@@ -272,7 +275,7 @@ fn gemm_conv_asymmetric_padding_matches_padded_reference() {
             pad: [pt, pl],
             out,
         };
-        let y1 = gemm_conv::conv2d(x.as_tensor(), wv.as_tensor(), None, geom).unwrap();
+        let y1 = gemm_conv::conv2d(x.as_tensor(), wv.as_tensor(), None, geom, None).unwrap();
         let used = [(out[0] - 1) * s + k, (out[1] - 1) * s + k];
         let xp = x
             .as_tensor()
@@ -302,7 +305,7 @@ fn gemm_conv_gradients_only_for_tracked_arguments() {
     };
     let x = Tensor::from_vec(rand_vec(2 * 4 * 25, 9), (2, 4, 5, 5), &Device::Cpu).unwrap();
     let wv = var(&[6, 4, 1, 1], 10);
-    let g = gemm_conv::conv2d(&x, wv.as_tensor(), None, geom)
+    let g = gemm_conv::conv2d(&x, wv.as_tensor(), None, geom, None)
         .unwrap()
         .sum_all()
         .unwrap()
@@ -312,7 +315,7 @@ fn gemm_conv_gradients_only_for_tracked_arguments() {
     assert!(g.get(wv.as_tensor()).is_some());
     let xv = var(&[2, 4, 5, 5], 11);
     let w = Tensor::from_vec(rand_vec(24, 12), (6, 4, 1, 1), &Device::Cpu).unwrap();
-    let g = gemm_conv::conv2d(xv.as_tensor(), &w, None, geom)
+    let g = gemm_conv::conv2d(xv.as_tensor(), &w, None, geom, None)
         .unwrap()
         .sum_all()
         .unwrap()
@@ -321,11 +324,11 @@ fn gemm_conv_gradients_only_for_tracked_arguments() {
     assert!(g.get(xv.as_tensor()).is_some());
     assert!(g.get(&w).is_none());
     let bad = var(&[6, 3, 1, 1], 13);
-    assert!(gemm_conv::conv2d(&x, bad.as_tensor(), None, geom).is_err());
+    assert!(gemm_conv::conv2d(&x, bad.as_tensor(), None, geom, None).is_err());
 }
 
-/// The fused clamp equals candle's relu / clamp forward, and its gradient
-/// passes exactly where `lo <= x < hi`.
+/// The clamp equals candle's clamp forward, and its gradient passes
+/// exactly where `lo < x < hi` (ties included: 0 at x = 0 and x = 6).
 #[test]
 fn clamp_values_and_gradient() {
     let x = var(&[2, 3, 5, 7], 900);
@@ -340,7 +343,7 @@ fn clamp_values_and_gradient() {
         (Some(0f32), Some(6f32)),
         (None, Some(1f32)),
     ] {
-        let y = super::activation::clamp(x.as_tensor(), lo, hi).unwrap();
+        let y = super::activation::clamp(x.as_tensor(), Clamp { lo, hi }).unwrap();
         let want = x
             .as_tensor()
             .clamp(lo.unwrap_or(f32::MIN), hi.unwrap_or(f32::MAX))
@@ -350,12 +353,99 @@ fn clamp_values_and_gradient() {
         let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let g = to_vec(g.get(x.as_tensor()).unwrap());
         for ((&gv, &xv), &rv) in g.iter().zip(&data).zip(&to_vec(&r)) {
-            let passes = lo.is_none_or(|l| xv >= l) && hi.is_none_or(|h| xv < h);
+            let passes = lo.is_none_or(|l| xv > l) && hi.is_none_or(|h| xv < h);
             assert_eq!(
                 gv,
                 if passes { rv } else { 0.0 },
                 "x = {xv}, {lo:?}..{hi:?}"
             );
         }
+    }
+}
+
+/// A Relu/ReLU6 fused into either kernel equals the conv followed by
+/// candle's relu and minimum, values and all gradients (random data: no
+/// exact ties).
+#[test]
+fn fused_activation_matches_conv_then_clamp() {
+    let relu6 = Clamp {
+        lo: Some(0.0),
+        hi: Some(6.0),
+    };
+    let relu = Clamp {
+        lo: Some(0.0),
+        hi: None,
+    };
+    let reference = |y: Tensor, act: Clamp| -> Tensor {
+        let y = y.relu().unwrap();
+        match act.hi {
+            Some(h) => y.minimum(h).unwrap(),
+            None => y,
+        }
+    };
+    for (i, act) in [relu6, relu].into_iter().enumerate() {
+        let seed = 1000 + 10 * i as u64;
+        let geom = ConvGeom {
+            k: [3, 3],
+            s: [2, 2],
+            d: [1, 1],
+            pad: [1, 1],
+            out: [4, 4],
+        };
+        // values up to about +-12 so ReLU6 saturates somewhere
+        let x = Var::from_vec(
+            rand_vec(2 * 6 * 64, seed).iter().map(|v| v * 4.0).collect(),
+            (2, 6, 8, 8),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let wd = var(&[6, 1, 3, 3], seed + 1);
+        let bd = var(&[6], seed + 2);
+        let y1 = depthwise_conv2d(
+            x.as_tensor(),
+            wd.as_tensor(),
+            Some(bd.as_tensor()),
+            geom,
+            Some(act),
+        )
+        .unwrap();
+        let pre = x
+            .as_tensor()
+            .conv2d(wd.as_tensor(), 1, 2, 1, 6)
+            .unwrap()
+            .broadcast_add(&bd.as_tensor().reshape((1, 6, 1, 1)).unwrap())
+            .unwrap();
+        let vars = [("x", &x), ("w", &wd), ("b", &bd)];
+        check_grads(
+            "depthwise + clamp",
+            &vars,
+            &y1,
+            &reference(pre, act),
+            seed + 3,
+        );
+        let wg = var(&[5, 6, 3, 3], seed + 4);
+        let bg = var(&[5], seed + 5);
+        let y1 = gemm_conv::conv2d(
+            x.as_tensor(),
+            wg.as_tensor(),
+            Some(bg.as_tensor()),
+            geom,
+            Some(act),
+        )
+        .unwrap();
+        let pre = x
+            .as_tensor()
+            .conv2d(wg.as_tensor(), 1, 2, 1, 1)
+            .unwrap()
+            .broadcast_add(&bg.as_tensor().reshape((1, 5, 1, 1)).unwrap())
+            .unwrap();
+        let vars = [("x", &x), ("w", &wg), ("b", &bg)];
+        check_grads(
+            "gemm conv + clamp",
+            &vars,
+            &y1,
+            &reference(pre, act),
+            seed + 6,
+        );
     }
 }
