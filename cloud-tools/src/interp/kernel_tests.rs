@@ -449,3 +449,59 @@ fn fused_activation_matches_conv_then_clamp() {
         );
     }
 }
+
+/// The MobileNetV2 fixture (1x1, depthwise stride 1 and 2, ReLU6 fused into
+/// its convs, residual Adds) through the interpreter equals tract, and a
+/// training step's gradient reaches every conv weight.
+#[test]
+fn mobilenet_fixture_through_the_kernels_matches_tract() {
+    use std::collections::HashSet;
+
+    use adaptivenet_onnx::tract_onnx::prelude::Tensor as TractTensor;
+    use adaptivenet_onnx::Plan;
+
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/oracle/fmnist_mobilenetv2.onnx");
+    let model = adaptivenet_onnx::load_model(&path).unwrap();
+    let g = model.graph.as_ref().unwrap();
+    let (inp, out) = (g.input[0].name.clone(), g.output[0].name.clone());
+    let convs: HashSet<String> = g
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Conv")
+        .map(|n| n.input[1].clone())
+        .collect();
+    let shape = [4usize, 1, 28, 28];
+    let data = rand_vec(shape.iter().product(), 77);
+    let interp = super::Interpreter::new(&model, &convs, &Device::Cpu).unwrap();
+    let x = Tensor::from_vec(data.clone(), shape.as_slice(), &Device::Cpu).unwrap();
+    let y = interp
+        .forward(&[(inp.as_str(), x)], &[out.as_str()])
+        .unwrap()
+        .remove(0);
+    let tract = Plan::whole_model(&model, shape[0])
+        .unwrap()
+        .run(TractTensor::from_shape(&shape, &data).unwrap())
+        .unwrap();
+    let want: Vec<f32> = tract
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect();
+    let got = to_vec(&y);
+    let d = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(d < 1e-3, "logits differ from tract by {d}");
+    let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    for (name, v) in interp.named_vars() {
+        let gv = grads
+            .get(v.as_tensor())
+            .expect("a gradient for every conv weight");
+        let norm = to_vec(gv).iter().map(|a| a.abs()).sum::<f32>();
+        assert!(norm > 0.0, "{name}: zero gradient");
+    }
+}
