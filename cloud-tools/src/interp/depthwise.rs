@@ -48,7 +48,7 @@ pub fn depthwise_conv2d(
 trait PlaneOps {
     fn forward(&self, x: &[f32], wk: &[f32], bias: f32, y: &mut [f32]);
     fn input_grad(&self, g: &[f32], wk: &[f32], gx: &mut [f32]);
-    fn weight_grad(&self, x: &[f32], g: &[f32], gw: &mut [f32]);
+    fn weight_grad(&self, x: &[f32], g: &[f32], acc: &mut [f32]);
 }
 
 impl PlaneOps for Taps {
@@ -67,8 +67,8 @@ impl PlaneOps for Taps {
                         *a += wv * b;
                     }
                 } else {
-                    for (i, a) in yr.iter_mut().enumerate() {
-                        *a += wv * x[start + i * self.sw];
+                    for (a, b) in yr.iter_mut().zip(x[start..].iter().step_by(self.sw)) {
+                        *a += wv * b;
                     }
                 }
             }
@@ -90,33 +90,38 @@ impl PlaneOps for Taps {
                         *a += wv * b;
                     }
                 } else {
-                    for (i, b) in gr.iter().enumerate() {
-                        gx[start + i * self.sw] += wv * b;
+                    for (a, b) in gx[start..].iter_mut().step_by(self.sw).zip(gr) {
+                        *a += wv * b;
                     }
                 }
             }
         });
     }
 
-    /// gw[ky, kx] += sum g[oy, ox] * x[iy, ix] over the plane.
-    fn weight_grad(&self, x: &[f32], g: &[f32], gw: &mut [f32]) {
+    /// acc[ky, kx, ox] += g[oy, ox] * x[iy, ix] over the plane: per-tap
+    /// partial sums by output column (`acc` is `kh·kw·ow`), so the inner
+    /// loop is an elementwise multiply-add, not a dependent chain of adds.
+    fn weight_grad(&self, x: &[f32], g: &[f32], acc: &mut [f32]) {
         let kw = self.cols.len();
+        let ow = acc.len() / (self.rows.len() * kw).max(1);
         self.for_each_row(|ky, go, xo| {
             for (kx, c) in self.cols.iter().enumerate() {
                 let gr = &g[go + c.lo..go + c.hi];
                 let start = xo + self.col_start(c);
-                let dot: f32 = if self.sw == 1 {
-                    gr.iter()
-                        .zip(&x[start..start + gr.len()])
-                        .map(|(a, b)| a * b)
-                        .sum()
+                let ar = &mut acc[(ky * kw + kx) * ow + c.lo..][..gr.len()];
+                if self.sw == 1 {
+                    for ((a, u), v) in ar.iter_mut().zip(gr).zip(&x[start..]) {
+                        *a += u * v;
+                    }
                 } else {
-                    gr.iter()
-                        .enumerate()
-                        .map(|(i, a)| a * x[start + i * self.sw])
-                        .sum()
-                };
-                gw[ky * kw + kx] += dot;
+                    for ((a, u), v) in ar
+                        .iter_mut()
+                        .zip(gr)
+                        .zip(x[start..].iter().step_by(self.sw))
+                    {
+                        *a += u * v;
+                    }
+                }
             }
         });
     }
@@ -304,16 +309,23 @@ impl CustomOp2 for DwWeightGrad {
         let kk = g.k[0] * g.k[1];
         let mut gw = vec![0f32; c * kk];
         if kk > 0 {
-            gw.par_chunks_mut(kk).enumerate().for_each(|(ch, gwc)| {
-                for b in 0..n {
-                    let p = b * c + ch;
-                    plan.weight_grad(
-                        &x[p * h * w..(p + 1) * h * w],
-                        &gy[p * oh * ow..(p + 1) * oh * ow],
-                        gwc,
-                    );
-                }
-            });
+            gw.par_chunks_mut(kk).enumerate().for_each_init(
+                || vec![0f32; kk * ow],
+                |acc, (ch, gwc)| {
+                    acc.fill(0.0);
+                    for b in 0..n {
+                        let p = b * c + ch;
+                        plan.weight_grad(
+                            &x[p * h * w..(p + 1) * h * w],
+                            &gy[p * oh * ow..(p + 1) * oh * ow],
+                            acc,
+                        );
+                    }
+                    for (t, v) in gwc.iter_mut().enumerate() {
+                        *v = acc[t * ow..(t + 1) * ow].iter().sum();
+                    }
+                },
+            );
         }
         Ok((CpuStorage::F32(gw), Shape::from((c, 1, g.k[0], g.k[1]))))
     }

@@ -68,6 +68,20 @@ pub(super) fn bias_grad(grad: &Tensor, b: &Tensor) -> Result<Tensor> {
     grad.apply_op1_no_bwd(&BiasGrad)?.reshape(b.shape())
 }
 
+/// The sum of `a` in 8 interleaved partial sums (a plain `iter().sum()`
+/// is one dependent chain of adds: latency-bound, never vectorised).
+fn sum(a: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = a.chunks_exact(8);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (s, v) in acc.iter_mut().zip(c) {
+            *s += v;
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
 /// `[N,O,...]` -> `[O]`: the sum over samples and positions per channel.
 struct BiasGrad;
 
@@ -87,11 +101,7 @@ impl CustomOp1 for BiasGrad {
         let mut gb = vec![0f32; o];
         gb.par_iter_mut().enumerate().for_each(|(ch, acc)| {
             *acc = (0..n)
-                .map(|b| {
-                    g[(b * o + ch) * p..(b * o + ch + 1) * p]
-                        .iter()
-                        .sum::<f32>()
-                })
+                .map(|b| sum(&g[(b * o + ch) * p..(b * o + ch + 1) * p]))
                 .sum();
         });
         Ok((CpuStorage::F32(gb), Shape::from(o)))
@@ -238,8 +248,8 @@ impl<'a> Conv<'a> {
                         if self.taps.sw == 1 {
                             dst.copy_from_slice(&src[..len]);
                         } else {
-                            for (i, v) in dst.iter_mut().enumerate() {
-                                *v = src[i * self.taps.sw];
+                            for (v, x) in dst.iter_mut().zip(src.iter().step_by(self.taps.sw)) {
+                                *v = *x;
                             }
                         }
                     });
@@ -269,8 +279,8 @@ impl<'a> Conv<'a> {
                                 *a += b;
                             }
                         } else {
-                            for (i, b) in src.iter().enumerate() {
-                                dst[i * self.taps.sw] += b;
+                            for (a, b) in dst.iter_mut().step_by(self.taps.sw).zip(src) {
+                                *a += b;
                             }
                         }
                     });
