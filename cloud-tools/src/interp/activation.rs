@@ -73,8 +73,11 @@ impl CustomOp1 for Clamp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l, "input")?;
-        let mut y = x.to_vec();
-        y.par_chunks_mut(CHUNK).for_each(|y| self.apply_slice(y));
+        let mut y = Vec::with_capacity(x.len());
+        x.par_iter()
+            .with_min_len(CHUNK)
+            .map(|&v| self.apply(v))
+            .collect_into_vec(&mut y);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -107,16 +110,12 @@ impl CustomOp2 for ClampGrad {
                 l1.dims()
             );
         }
-        let mut gx = g.to_vec();
-        gx.par_chunks_mut(CHUNK)
-            .zip(y.par_chunks(CHUNK))
-            .for_each(|(o, y)| {
-                for (a, &yv) in o.iter_mut().zip(y) {
-                    if !self.0.passes(yv) {
-                        *a = 0.0;
-                    }
-                }
-            });
+        let mut gx = Vec::with_capacity(g.len());
+        y.par_iter()
+            .zip(g.par_iter())
+            .with_min_len(CHUNK)
+            .map(|(&yv, &gv)| if self.0.passes(yv) { gv } else { 0.0 })
+            .collect_into_vec(&mut gx);
         Ok((CpuStorage::F32(gx), l1.shape().clone()))
     }
 }

@@ -234,12 +234,22 @@ impl<'a> Conv<'a> {
         }
         let (p, ow, w) = (self.p(), self.g.out[1], self.d.w);
         let kw = self.g.k[1];
-        buf.fill(0.0);
         for ch in 0..self.d.c {
             let xc = &x[ch * self.d.plane()..(ch + 1) * self.d.plane()];
             for ky in 0..self.g.k[0] {
+                let r = self.taps.rows[ky];
                 for (kx, span) in self.taps.cols.iter().enumerate() {
                     let row = ((ch * self.g.k[0] + ky) * kw + kx) * p;
+                    // zero only what no input position reaches (padding)
+                    let block = &mut buf[row..row + p];
+                    block[..r.lo * ow].fill(0.0);
+                    block[r.hi * ow..].fill(0.0);
+                    if span.lo > 0 || span.hi < ow {
+                        for oy in r.lo..r.hi {
+                            block[oy * ow..oy * ow + span.lo].fill(0.0);
+                            block[oy * ow + span.hi..(oy + 1) * ow].fill(0.0);
+                        }
+                    }
                     let start = self.taps.col_start(span);
                     let len = span.hi - span.lo;
                     self.taps.for_each_row_of(ky, |oy, iy| {
@@ -447,6 +457,12 @@ impl CustomOp2 for InputGrad {
         let gy = slice(s1, l1, "output gradient")?;
         let wk = slice(s2, l2, "weight")?;
         let [h, w] = self.in_hw;
+        if let Some(t) = self.transposed() {
+            return Ok((
+                CpuStorage::F32(t.input_grad(gy, wk, n, o, c)?),
+                Shape::from((n, c, h, w)),
+            ));
+        }
         let conv = Conv::new(g, Dims { c, h, w });
         let (k, p) = (conv.k(), conv.p());
         let mut gx = vec![0f32; n * c * h * w];
@@ -476,6 +492,87 @@ impl CustomOp2 for InputGrad {
             )?;
         }
         Ok((CpuStorage::F32(gx), Shape::from((n, c, h, w))))
+    }
+}
+
+impl InputGrad {
+    /// With stride 1 (and no 1x1 shortcut), the input gradient is itself a
+    /// convolution: of the output gradient with the flipped, transposed
+    /// kernel, padded by `d·(k-1) - pad`. That GEMM has `O·kh·kw` as its
+    /// inner dimension instead of `O` (and needs no col2im), which is much
+    /// faster for the narrow layers here. None when it does not apply.
+    fn transposed(&self) -> Option<TransposedGrad> {
+        let g = &self.geom;
+        if g.s != [1, 1] || g.is_pointwise(self.in_hw) {
+            return None;
+        }
+        let pad = [
+            (g.d[0] * (g.k[0] - 1)).checked_sub(g.pad[0])?,
+            (g.d[1] * (g.k[1] - 1)).checked_sub(g.pad[1])?,
+        ];
+        Some(TransposedGrad {
+            geom: ConvGeom {
+                k: g.k,
+                s: [1, 1],
+                d: g.d,
+                pad,
+                out: self.in_hw,
+            },
+            out_hw: g.out,
+        })
+    }
+}
+
+/// The input gradient of a stride-1 convolution as a forward convolution.
+struct TransposedGrad {
+    /// Geometry on the output gradient (input size: the forward's output).
+    geom: ConvGeom,
+    out_hw: [usize; 2],
+}
+
+impl TransposedGrad {
+    fn input_grad(&self, gy: &[f32], wk: &[f32], n: usize, o: usize, c: usize) -> Result<Vec<f32>> {
+        let g = &self.geom;
+        let kk = g.taps();
+        // wt[c][o][ky][kx] = w[o][c][kh-1-ky][kw-1-kx]
+        let mut wt = vec![0f32; c * o * kk];
+        for oc in 0..o {
+            for ic in 0..c {
+                for t in 0..kk {
+                    wt[(ic * o + oc) * kk + (kk - 1 - t)] = wk[(oc * c + ic) * kk + t];
+                }
+            }
+        }
+        let [oh, ow] = self.out_hw;
+        let conv = Conv::new(g, Dims { c: o, h: oh, w: ow });
+        let (k, p) = (conv.k(), conv.p());
+        let mut gx = vec![0f32; n * c * p];
+        if c * p > 0 {
+            gx.par_chunks_mut(c * p).enumerate().try_for_each_init(
+                || conv.scratch(),
+                |buf, (b, gxn)| {
+                    let cols = conv.cols(&gy[b * o * oh * ow..(b + 1) * o * oh * ow], buf);
+                    gemm(
+                        c,
+                        p,
+                        k,
+                        gxn,
+                        false,
+                        Mat {
+                            data: &wt,
+                            rs: k,
+                            cs: 1,
+                        },
+                        Mat {
+                            data: cols,
+                            rs: p,
+                            cs: 1,
+                        },
+                    )
+                },
+            )?;
+        }
+        Ok(gx)
     }
 }
 
