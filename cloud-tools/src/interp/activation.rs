@@ -14,7 +14,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::gemm_conv::slice;
+use super::cpu::slice;
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;

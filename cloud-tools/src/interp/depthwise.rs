@@ -15,7 +15,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use super::activation::{clamp_grad, Clamp};
-use super::gemm_conv::{bias_grad, bias_or_zeros, slice};
+use super::cpu::{bias_grad, bias_or_zeros, slice};
 use super::geom::{ConvGeom, Taps};
 
 /// Depthwise convolution of `x` `[N,C,H,W]` with `w` `[C,1,kh,kw]` plus

@@ -12,6 +12,7 @@
 
 pub mod activation;
 pub mod conv_grad;
+pub mod cpu;
 pub mod depthwise;
 pub mod gemm_conv;
 pub mod geom;
