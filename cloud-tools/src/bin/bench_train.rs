@@ -9,9 +9,11 @@
 //!   block 1: 1x1 expansion 16->64 at 28x28, depthwise 3x3 stride 2, 1x1
 //!   projection to 24 channels), or `--mobilenet-branch <id>` (e.g. s0@50).
 //!
-//! Per block it prints the step time of both frameworks, candle/PyTorch
-//! throughput, and the branch's MACs per sample, so the per-MAC throughput
-//! of the two blocks can be compared.
+//! Per block it prints the median step time of both frameworks (the median
+//! of `--steps` timed steps after 3 warm-up steps: robust to bursts of
+//! other work on a shared machine), candle/PyTorch throughput, and the
+//! branch's MACs per sample, so the per-MAC throughput of the two blocks
+//! can be compared.
 //!
 //! `cargo run --release -p adaptivenet-cloud-tools --bin bench-train [-- --threads 2 --batch 64 --steps 20 --mobilenet-branch m0x2]`
 
@@ -157,11 +159,20 @@ fn measure(setup: &Setup, fixture: &str, id: &BranchId) -> Result<BlockResult> {
     for _ in 0..3 {
         step()?;
     }
-    let t = Instant::now();
+    let mut times = Vec::with_capacity(steps);
     for _ in 0..steps {
+        let t = Instant::now();
         step()?;
+        times.push(t.elapsed().as_secs_f64());
     }
-    let candle_sps = (steps * batch) as f64 / t.elapsed().as_secs_f64();
+    // the median step, as on the PyTorch side: robust to other processes'
+    // bursts on a shared machine
+    times.sort_by(f64::total_cmp);
+    let median = times
+        .get(steps / 2)
+        .copied()
+        .context("--steps must be at least 1")?;
+    let candle_sps = batch as f64 / median;
 
     // PyTorch
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/torch_branch_step.py");
@@ -234,7 +245,7 @@ fn main() -> Result<()> {
     let results = results.into_iter().collect::<Result<Vec<_>>>()?;
 
     println!(
-        "training step (forward, backward, AdamW) of one branch, batch {batch}, {threads} threads, {steps} steps; PyTorch {}",
+        "training step (forward, backward, AdamW) of one branch, batch {batch}, {threads} threads, median of {steps} steps; PyTorch {}",
         results[0].torch_version
     );
     println!(
