@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """PyTorch side of `bench-train`: rebuilds the branch `--input -> --output` of
-an ONNX model (Conv, Relu, Add, BatchNormalization only) as torch modules with
-the same weights, and times forward + backward + AdamW steps on the given
-tensors. Prints one JSON line. Run with Debian's /usr/bin/python3 (python3-torch,
+an ONNX model (Conv, Relu, Clip with constant bounds, Add, Constant only) as
+torch modules with the same weights, and times forward + backward + AdamW
+steps on the given tensors. Prints one JSON line. Run with Debian's /usr/bin/python3 (python3-torch,
 python3-onnx)."""
 import argparse
 import json
@@ -67,6 +67,17 @@ def main():
                                                padding=(pads[0], pads[1]), groups=attr(n, "group", 1))
             elif n.op_type == "Relu":
                 y = torch.relu(ins[0])
+            elif n.op_type == "Clip":
+                # opset 11+: bounds are (constant) inputs; ReLU6 in MobileNetV2
+                lo = float(ins[1]) if len(ins) > 1 and ins[1] is not None else None
+                hi = float(ins[2]) if len(ins) > 2 and ins[2] is not None else None
+                if lo is not None and hi is not None:
+                    y = torch.nn.functional.hardtanh(ins[0], lo, hi)
+                else:
+                    y = torch.clamp(ins[0], lo, hi)
+            elif n.op_type == "Constant":
+                value = next(at.t for at in n.attribute if at.name == "value")
+                y = torch.from_numpy(numpy_helper.to_array(value).copy())
             elif n.op_type == "Add":
                 y = ins[0] + ins[1]
             else:
@@ -87,11 +98,15 @@ def main():
 
     for _ in range(3):
         step()
-    t = time.perf_counter()
+    times = []
     for _ in range(a.steps):
+        t = time.perf_counter()
         step()
-    dt = time.perf_counter() - t
-    print(json.dumps({"samples_per_s": a.steps * x.shape[0] / dt, "torch": torch.__version__,
+        times.append(time.perf_counter() - t)
+    # the median step: robust to other processes' bursts on a shared machine
+    median = sorted(times)[len(times) // 2]
+    print(json.dumps({"samples_per_s": x.shape[0] / median, "step_ms_median": 1000 * median,
+                      "step_ms_mean": 1000 * sum(times) / len(times), "torch": torch.__version__,
                       "threads": a.threads}))
 
 

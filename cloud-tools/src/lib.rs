@@ -2,6 +2,7 @@
 //! the differentiable ONNX interpreter on candle, and elastify's training.
 //! `main.rs` is only the command line over it.
 
+pub mod alloc;
 pub mod cmd_blocks;
 pub mod cmd_bundle;
 pub mod cmd_subnet;

@@ -39,6 +39,9 @@ enum Command {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Elastify(_)) {
+        adaptivenet_cloud_tools::alloc::keep_freed_memory();
+    }
     let result = match cli.command {
         Command::Blocks(args) => cmd_blocks::run(&args),
         Command::Elastify(args) => elastify::run(&args),

@@ -10,11 +10,18 @@
 //! fed to get c_j or a branch output. [`Interpreter::export`] gives the
 //! trained values back as ONNX initializers.
 
+pub mod activation;
 pub mod conv_grad;
+pub mod cpu;
+pub mod depthwise;
+pub mod gemm_conv;
+pub mod geom;
 pub mod ops;
 pub mod params;
 pub mod value;
 
+#[cfg(test)]
+mod kernel_tests;
 #[cfg(test)]
 mod tests;
 
@@ -199,7 +206,7 @@ impl Interpreter {
                 .collect();
             let Some(inputs) = inputs else { continue };
             let all = node.output.iter().map(|o| !o.is_empty()).collect();
-            if let Ok(outs) = self.run_node(ix, inputs, all) {
+            if let Ok(outs) = self.run_node(ix, inputs, all, None) {
                 for (name, v) in out_names.into_iter().zip(outs) {
                     if !name.is_empty() {
                         self.consts.insert(name, v);
@@ -217,6 +224,7 @@ impl Interpreter {
         ix: usize,
         inputs: Vec<Option<Value>>,
         outputs_needed: Vec<bool>,
+        activation: Option<activation::Clamp>,
     ) -> Result<Vec<Value>> {
         let node = &self.graph.node[ix];
         let ctx = ops::Ctx {
@@ -225,6 +233,7 @@ impl Interpreter {
             device: &self.device,
             opset: self.opset,
             outputs_needed: outputs_needed.clone(),
+            activation,
         };
         let op = if node.domain.is_empty() {
             node.op_type.clone()
@@ -264,6 +273,54 @@ impl Interpreter {
             });
         }
         Ok(outs)
+    }
+
+    /// The Relu or Clip node `next` if Conv node `ix` can do its work: the
+    /// conv's output is read by `next` only, is not wanted itself, and
+    /// `next`'s bounds are constants. Returns the node and its bounds.
+    fn fusable_activation(
+        &self,
+        ix: usize,
+        next: Option<usize>,
+        uses: &HashMap<&str, usize>,
+        keep: &HashSet<&str>,
+    ) -> Option<(usize, activation::Clamp)> {
+        let default_domain = |d: &str| d.is_empty() || d == "ai.onnx";
+        let node = &self.graph.node[ix];
+        let jx = next?;
+        let act = &self.graph.node[jx];
+        let out = match node.output.as_slice() {
+            [o] if !o.is_empty() => o.as_str(),
+            _ => return None,
+        };
+        if node.op_type != "Conv"
+            || !default_domain(&node.domain)
+            || !matches!(act.op_type.as_str(), "Relu" | "Clip")
+            || !default_domain(&act.domain)
+            || act.input.first().map(String::as_str) != Some(out)
+            || uses.get(out) != Some(&1)
+            || keep.contains(out)
+        {
+            return None;
+        }
+        // the bounds (inputs 1 and 2 of Clip) must be stored constants
+        let mut inputs = vec![None];
+        for name in &act.input[1..] {
+            inputs.push(if name.is_empty() {
+                None
+            } else {
+                Some(self.stored(name)?)
+            });
+        }
+        let ctx = ops::Ctx {
+            node: act,
+            inputs,
+            device: &self.device,
+            opset: self.opset,
+            outputs_needed: vec![true],
+            activation: None,
+        };
+        ops::clamp_bounds(&ctx).ok().flatten().map(|b| (jx, b))
     }
 
     /// A constant or parameter value by name.
@@ -348,7 +405,13 @@ impl Interpreter {
         }
         let keep: HashSet<&str> = wanted.iter().copied().collect();
 
-        for &ix in &nodes {
+        // A Conv followed by the Relu/Clip that alone reads it runs as one
+        // fused op; the activation node is then skipped.
+        let mut done_by_conv: Option<usize> = None;
+        for (pos, &ix) in nodes.iter().enumerate() {
+            if done_by_conv.take() == Some(ix) {
+                continue;
+            }
             let node = &self.graph.node[ix];
             let mut inputs = Vec::with_capacity(node.input.len());
             for name in &node.input {
@@ -373,7 +436,8 @@ impl Interpreter {
                     !o.is_empty() && (uses.contains_key(o.as_str()) || keep.contains(o.as_str()))
                 })
                 .collect();
-            let outs = self.run_node(ix, inputs, needed)?;
+            let fused = self.fusable_activation(ix, nodes.get(pos + 1).copied(), &uses, &keep);
+            let outs = self.run_node(ix, inputs, needed, fused.map(|(_, b)| b))?;
             for name in node.input.iter().filter(|i| !i.is_empty()) {
                 if let Some(u) = uses.get_mut(name.as_str()) {
                     *u -= 1;
@@ -382,7 +446,14 @@ impl Interpreter {
                     }
                 }
             }
-            for (name, v) in node.output.iter().zip(outs) {
+            let out_names = match fused {
+                Some((jx, _)) => {
+                    done_by_conv = Some(jx);
+                    &self.graph.node[jx].output
+                }
+                None => &node.output,
+            };
+            for (name, v) in out_names.iter().zip(outs) {
                 if !name.is_empty() {
                     values.insert(name.as_str(), v);
                 }

@@ -5,6 +5,8 @@
 use adaptivenet_onnx::tract_onnx::pb::{AttributeProto, NodeProto};
 use candle_core::{DType, Device, Tensor, D};
 
+use super::activation::Clamp;
+use super::geom::ConvGeom;
 use super::params::tensor_from_proto;
 use super::value::{IntTensor, Value};
 
@@ -48,6 +50,9 @@ pub struct Ctx<'a> {
     /// Which outputs anyone reads (optional outputs that nobody reads need
     /// not be produced).
     pub outputs_needed: Vec<bool>,
+    /// A Relu/Clip fused into this node (Conv only): its output is the
+    /// activation's.
+    pub activation: Option<Clamp>,
 }
 
 impl<'a> Ctx<'a> {
@@ -143,7 +148,7 @@ const OPS: &[(&str, OpFn)] = &[
     ("Mul", binary),
     ("Div", binary),
     ("Sum", sum),
-    ("Relu", |ctx| f(ctx.float(0)?.relu()?)),
+    ("Relu", clamp_op),
     ("LeakyRelu", leaky_relu),
     ("Sigmoid", |ctx| f(candle_nn::ops::sigmoid(&ctx.float(0)?)?)),
     ("HardSigmoid", hard_sigmoid),
@@ -156,7 +161,7 @@ const OPS: &[(&str, OpFn)] = &[
     ("Exp", |ctx| f(ctx.float(0)?.exp()?)),
     ("Sqrt", |ctx| f(ctx.float(0)?.sqrt()?)),
     ("Abs", |ctx| f(ctx.float(0)?.abs()?)),
-    ("Clip", clip),
+    ("Clip", clamp_op),
     ("Softmax", softmax),
     ("Conv", conv),
     ("BatchNormalization", batch_norm),
@@ -668,35 +673,64 @@ fn transpose(ctx: &Ctx) -> R<Vec<Value>> {
 
 // ---------------------------------------------------------------- activations
 
-fn clip(ctx: &Ctx) -> R<Vec<Value>> {
-    let x = ctx.float(0)?;
-    let scalar = |i: usize| -> R<Option<f32>> {
-        match ctx.opt(i) {
-            Some(v) => {
-                let t = v.to_float(ctx.device)?.flatten_all()?.to_vec1::<f32>()?;
-                match t.as_slice() {
-                    [s] => Ok(Some(*s)),
-                    _ => fail!("Clip bound (input {i}) must be a scalar"),
+/// The bounds of a Relu or Clip node (None for any other op). Clip's
+/// bounds come from attributes (opset < 11) or from its inputs 1 and 2,
+/// which must be available scalars; input 0 is not read.
+pub fn clamp_bounds(ctx: &Ctx) -> R<Option<Clamp>> {
+    match ctx.node.op_type.as_str() {
+        "Relu" => Ok(Some(Clamp {
+            lo: Some(0.0),
+            hi: None,
+        })),
+        "Clip" => {
+            let scalar = |i: usize| -> R<Option<f32>> {
+                match ctx.opt(i) {
+                    Some(v) => {
+                        let t = v.to_float(ctx.device)?.flatten_all()?.to_vec1::<f32>()?;
+                        match t.as_slice() {
+                            [s] => Ok(Some(*s)),
+                            _ => fail!("Clip bound (input {i}) must be a scalar"),
+                        }
+                    }
+                    None => Ok(None),
                 }
-            }
-            None => Ok(None),
+            };
+            let (lo, hi) = if ctx.opset < 11
+                || (ctx.n_inputs() == 1 && (ctx.attr("min").is_some() || ctx.attr("max").is_some()))
+            {
+                (ctx.attr("min").map(|a| a.f), ctx.attr("max").map(|a| a.f))
+            } else {
+                (scalar(1)?, scalar(2)?)
+            };
+            Ok(Some(Clamp { lo, hi }))
         }
-    };
-    let (lo, hi) = if ctx.opset < 11
-        || (ctx.n_inputs() == 1 && (ctx.attr("min").is_some() || ctx.attr("max").is_some()))
-    {
-        (ctx.attr("min").map(|a| a.f), ctx.attr("max").map(|a| a.f))
-    } else {
-        (scalar(1)?, scalar(2)?)
-    };
-    let mut y = x;
-    if let Some(lo) = lo {
+        _ => Ok(None),
+    }
+}
+
+/// `x` clamped: one fused op on the CPU, candle's relu/maximum/minimum
+/// elsewhere.
+fn apply_clamp(x: &Tensor, act: Clamp) -> R<Tensor> {
+    if x.device().is_cpu() {
+        return Ok(super::activation::clamp(x, act)?);
+    }
+    let mut y = x.clone();
+    if let Some(lo) = act.lo {
         y = if lo == 0.0 { y.relu()? } else { y.maximum(lo)? };
     }
-    if let Some(hi) = hi {
+    if let Some(hi) = act.hi {
         y = y.minimum(hi)?;
     }
-    f(y)
+    Ok(y)
+}
+
+/// Relu and Clip.
+fn clamp_op(ctx: &Ctx) -> R<Vec<Value>> {
+    let x = ctx.float(0)?;
+    match clamp_bounds(ctx)? {
+        Some(act) => f(apply_clamp(&x, act)?),
+        None => Err(OpError::Unsupported),
+    }
 }
 
 fn softmax(ctx: &Ctx) -> R<Vec<Value>> {
@@ -952,7 +986,25 @@ fn conv(ctx: &Ctx) -> R<Vec<Value>> {
         out_size(h, sp.pads[0] + sp.pads[2], ek[0], sp.s[0], false)?,
         out_size(wd, sp.pads[1] + sp.pads[3], ek[1], sp.s[1], false)?,
     ];
-    let mut y = if group == c && ci == 1 && o == c && group > 1 {
+    let depthwise_shape = group == c && ci == 1 && o == c && group > 1;
+    let mut y = if x.device().is_cpu() && (group == 1 || depthwise_shape) {
+        // Dedicated CPU kernels: exact for any padding, stride and dilation.
+        let geom = ConvGeom {
+            k: sp.k,
+            s: sp.s,
+            d: sp.d,
+            pad: [sp.pads[0], sp.pads[1]],
+            out,
+        };
+        let b = ctx.opt(2).map(|b| b.to_float(ctx.device)).transpose()?;
+        let act = ctx.activation;
+        let y = if group == 1 {
+            super::gemm_conv::conv2d(&x, &w, b.as_ref(), geom, act)?
+        } else {
+            super::depthwise::depthwise_conv2d(&x, &w, b.as_ref(), geom, act)?
+        };
+        return f(if one_d { y.squeeze(2)? } else { y });
+    } else if depthwise_shape {
         depthwise(&x, &w, &sp, out)?
     } else {
         let [pt, pl, pb, pr] = sp.pads;
@@ -987,6 +1039,9 @@ fn conv(ctx: &Ctx) -> R<Vec<Value>> {
     if let Some(b) = ctx.opt(2) {
         let b = b.to_float(ctx.device)?;
         y = y.broadcast_add(&b.reshape((1, o, 1, 1))?)?;
+    }
+    if let Some(act) = ctx.activation {
+        y = apply_clamp(&y, act)?;
     }
     if one_d {
         y = y.squeeze(2)?;

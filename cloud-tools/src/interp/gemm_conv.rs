@@ -1,0 +1,509 @@
+//! Dense 2-D convolution (`group` = 1) on the CPU as one GEMM per sample,
+//! forward and both gradients, with the samples in parallel on rayon's
+//! global pool (each GEMM single-threaded):
+//!
+//! - forward: `y[n] = W · cols(x[n])`, `W` `[O, C·kh·kw]`;
+//! - input gradient: `gx[n] = col2im(Wᵀ · g[n])`;
+//! - weight gradient: `gW = Σ_n g[n] · cols(x[n])ᵀ`, summed in a fixed
+//!   order (one partial sum per contiguous slice of the batch), so results
+//!   do not depend on scheduling.
+//!
+//! A 1x1 convolution with stride 1 and no padding is a plain GEMM on the
+//! sample's `[C, H·W]` plane: no im2col at all. Otherwise `cols` is built
+//! per sample from the tap geometry of [`super::geom`] (padding is never
+//! materialised). The bias is fused: each output plane starts as its bias
+//! and the GEMM accumulates onto it; its gradient is one pass over the
+//! output gradient (`cpu::bias_grad`, shared with the depthwise kernel). A
+//! following Relu/Clip can be fused too ([`super::activation::Clamp`]:
+//! applied to each sample's output while it is in cache, its mask applied
+//! to the incoming gradient). Only the gradients of tracked arguments are
+//! computed.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::activation::{clamp_grad, Clamp};
+use super::cpu::{bias_grad, bias_or_zeros, gemm, slice, Mat};
+use super::geom::{ConvGeom, Taps};
+
+/// Convolution of `x` `[N,C,H,W]` with `w` `[O,C,kh,kw]` plus the bias
+/// `b` `[O]` if any, then the activation `act` if any.
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    geom: ConvGeom,
+    act: Option<Clamp>,
+) -> Result<Tensor> {
+    let (_, c, _, _) = x.dims4()?;
+    let (o, ci, kh, kw) = w.dims4()?;
+    if ci != c || [kh, kw] != geom.k {
+        candle_core::bail!(
+            "conv: weight {:?} does not fit {c} input channels and kernel {:?}",
+            w.dims(),
+            geom.k
+        );
+    }
+    let b = bias_or_zeros(b, o, x)?;
+    let x = x.contiguous()?;
+    let w = w.contiguous()?;
+    x.apply_op3(&w, &b, GemmConv { geom, act })
+}
+
+/// Shapes of one convolution.
+#[derive(Clone, Copy)]
+struct Dims {
+    c: usize,
+    h: usize,
+    w: usize,
+}
+
+impl Dims {
+    fn plane(&self) -> usize {
+        self.h * self.w
+    }
+}
+
+/// Per-sample work of one geometry.
+struct Conv<'a> {
+    g: &'a ConvGeom,
+    taps: Taps,
+    d: Dims,
+    pointwise: bool,
+}
+
+impl<'a> Conv<'a> {
+    fn new(g: &'a ConvGeom, d: Dims) -> Conv<'a> {
+        Conv {
+            g,
+            taps: Taps::new(g, d.h, d.w),
+            d,
+            pointwise: g.is_pointwise([d.h, d.w]),
+        }
+    }
+
+    /// Rows of the column matrix (C·kh·kw).
+    fn k(&self) -> usize {
+        self.d.c * self.g.taps()
+    }
+
+    fn p(&self) -> usize {
+        self.g.out_len()
+    }
+
+    /// Scratch for one sample's column matrix (empty when pointwise).
+    fn scratch(&self) -> Vec<f32> {
+        if self.pointwise {
+            Vec::new()
+        } else {
+            vec![0f32; self.k() * self.p()]
+        }
+    }
+
+    /// The column matrix of sample plane set `x` (`[C, H·W]`): `x` itself
+    /// when pointwise, else built into `buf`.
+    fn cols<'b>(&self, x: &'b [f32], buf: &'b mut [f32]) -> &'b [f32] {
+        if self.pointwise {
+            return x;
+        }
+        let (p, ow, w) = (self.p(), self.g.out[1], self.d.w);
+        let kw = self.g.k[1];
+        for ch in 0..self.d.c {
+            let xc = &x[ch * self.d.plane()..(ch + 1) * self.d.plane()];
+            for ky in 0..self.g.k[0] {
+                let r = self.taps.rows[ky];
+                for (kx, span) in self.taps.cols.iter().enumerate() {
+                    let row = ((ch * self.g.k[0] + ky) * kw + kx) * p;
+                    // zero only what no input position reaches (padding)
+                    let block = &mut buf[row..row + p];
+                    block[..r.lo * ow].fill(0.0);
+                    block[r.hi * ow..].fill(0.0);
+                    if span.lo > 0 || span.hi < ow {
+                        for oy in r.lo..r.hi {
+                            block[oy * ow..oy * ow + span.lo].fill(0.0);
+                            block[oy * ow + span.hi..(oy + 1) * ow].fill(0.0);
+                        }
+                    }
+                    let start = self.taps.col_start(span);
+                    let len = span.hi - span.lo;
+                    self.taps.for_each_row_of(ky, |oy, iy| {
+                        let dst = &mut buf[row + oy * ow + span.lo..][..len];
+                        let src = &xc[iy * w + start..];
+                        if self.taps.sw == 1 {
+                            dst.copy_from_slice(&src[..len]);
+                        } else {
+                            for (v, x) in dst.iter_mut().zip(src.iter().step_by(self.taps.sw)) {
+                                *v = *x;
+                            }
+                        }
+                    });
+                }
+            }
+        }
+        buf
+    }
+
+    /// Add the column-matrix gradient `cols` into the sample's input
+    /// gradient `gx` (`[C, H·W]`, zeroed by the caller).
+    fn col2im(&self, cols: &[f32], gx: &mut [f32]) {
+        let (p, ow, w) = (self.p(), self.g.out[1], self.d.w);
+        let kw = self.g.k[1];
+        for ch in 0..self.d.c {
+            let gc = &mut gx[ch * self.d.plane()..(ch + 1) * self.d.plane()];
+            for ky in 0..self.g.k[0] {
+                for (kx, span) in self.taps.cols.iter().enumerate() {
+                    let row = ((ch * self.g.k[0] + ky) * kw + kx) * p;
+                    let start = self.taps.col_start(span);
+                    let len = span.hi - span.lo;
+                    self.taps.for_each_row_of(ky, |oy, iy| {
+                        let src = &cols[row + oy * ow + span.lo..][..len];
+                        let dst = &mut gc[iy * w + start..];
+                        if self.taps.sw == 1 {
+                            for (a, b) in dst[..len].iter_mut().zip(src) {
+                                *a += b;
+                            }
+                        } else {
+                            for (a, b) in dst.iter_mut().step_by(self.taps.sw).zip(src) {
+                                *a += b;
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Forward: `x` `[N,C,H,W]`, `w` `[O,C,kh,kw]`, `b` `[O]` -> `[N,O,oh,ow]`.
+struct GemmConv {
+    geom: ConvGeom,
+    act: Option<Clamp>,
+}
+
+impl CustomOp3 for GemmConv {
+    fn name(&self) -> &'static str {
+        "adaptivenet-gemm-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let (o, ci, kh, kw) = l2.shape().dims4()?;
+        if ci != c || [kh, kw] != g.k || l3.dims() != [o] {
+            candle_core::bail!(
+                "conv: weight {:?} and bias {:?} for input {:?}",
+                l2.dims(),
+                l3.dims(),
+                l1.dims()
+            );
+        }
+        let x = slice(s1, l1, "input")?;
+        let wk = slice(s2, l2, "weight")?;
+        let bias = slice(s3, l3, "bias")?;
+        let conv = Conv::new(g, Dims { c, h, w });
+        let (k, p) = (conv.k(), conv.p());
+        let mut y = vec![0f32; n * o * p];
+        if o * p > 0 {
+            y.par_chunks_mut(o * p).enumerate().try_for_each_init(
+                || conv.scratch(),
+                |buf, (b, yn)| {
+                    let xn = &x[b * c * h * w..(b + 1) * c * h * w];
+                    let cols = conv.cols(xn, buf);
+                    for (row, &bv) in yn.chunks_mut(p).zip(bias) {
+                        row.fill(bv);
+                    }
+                    gemm(
+                        o,
+                        p,
+                        k,
+                        yn,
+                        true,
+                        Mat {
+                            data: wk,
+                            rs: k,
+                            cs: 1,
+                        },
+                        Mat {
+                            data: cols,
+                            rs: p,
+                            cs: 1,
+                        },
+                    )?;
+                    if let Some(act) = &self.act {
+                        act.apply_slice(yn);
+                    }
+                    Ok::<(), candle_core::Error>(())
+                },
+            )?;
+        }
+        Ok((CpuStorage::F32(y), Shape::from((n, o, g.out[0], g.out[1]))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = match self.act {
+            Some(act) => clamp_grad(res, grad, act)?,
+            None => grad.contiguous()?,
+        };
+        let gx = if x.track_op() {
+            let (_, _, h, wd) = x.dims4()?;
+            Some(grad.apply_op2_no_bwd(
+                &w.detach(),
+                &InputGrad {
+                    geom: self.geom,
+                    in_hw: [h, wd],
+                },
+            )?)
+        } else {
+            None
+        };
+        let gw = if w.track_op() {
+            Some(x.detach().apply_op2_no_bwd(&grad, &WeightGrad(self.geom))?)
+        } else {
+            None
+        };
+        let gb = if b.track_op() {
+            Some(bias_grad(&grad, b)?)
+        } else {
+            None
+        };
+        Ok((gx, gw, gb))
+    }
+}
+
+/// Input gradient: `grad` `[N,O,oh,ow]`, `w` `[O,C,kh,kw]` -> `[N,C,H,W]`.
+struct InputGrad {
+    geom: ConvGeom,
+    in_hw: [usize; 2],
+}
+
+impl CustomOp2 for InputGrad {
+    fn name(&self) -> &'static str {
+        "adaptivenet-gemm-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        let (n, o, oh, ow) = l1.shape().dims4()?;
+        let (wo, c, kh, kw) = l2.shape().dims4()?;
+        if wo != o || [kh, kw] != g.k || [oh, ow] != g.out {
+            candle_core::bail!(
+                "conv input grad: gradient {:?} and weight {:?} for output {:?}",
+                l1.dims(),
+                l2.dims(),
+                g.out
+            );
+        }
+        let gy = slice(s1, l1, "output gradient")?;
+        let wk = slice(s2, l2, "weight")?;
+        let [h, w] = self.in_hw;
+        if let Some(t) = self.transposed() {
+            return Ok((
+                CpuStorage::F32(t.input_grad(gy, wk, n, o, c)?),
+                Shape::from((n, c, h, w)),
+            ));
+        }
+        let conv = Conv::new(g, Dims { c, h, w });
+        let (k, p) = (conv.k(), conv.p());
+        let mut gx = vec![0f32; n * c * h * w];
+        if c * h * w > 0 {
+            gx.par_chunks_mut(c * h * w).enumerate().try_for_each_init(
+                || conv.scratch(),
+                |buf, (b, gxn)| {
+                    let gn = &gy[b * o * p..(b + 1) * o * p];
+                    let wt = Mat {
+                        data: wk,
+                        rs: 1,
+                        cs: k,
+                    };
+                    let gm = Mat {
+                        data: gn,
+                        rs: p,
+                        cs: 1,
+                    };
+                    if conv.pointwise {
+                        gemm(k, p, o, gxn, false, wt, gm)
+                    } else {
+                        gemm(k, p, o, buf, false, wt, gm)?;
+                        conv.col2im(buf, gxn);
+                        Ok(())
+                    }
+                },
+            )?;
+        }
+        Ok((CpuStorage::F32(gx), Shape::from((n, c, h, w))))
+    }
+}
+
+impl InputGrad {
+    /// With stride 1 (and no 1x1 shortcut), the input gradient is itself a
+    /// convolution: of the output gradient with the flipped, transposed
+    /// kernel, padded by `d·(k-1) - pad`. That GEMM has `O·kh·kw` as its
+    /// inner dimension instead of `O` (and needs no col2im), which is much
+    /// faster for the narrow layers here. None when it does not apply.
+    fn transposed(&self) -> Option<TransposedGrad> {
+        let g = &self.geom;
+        if g.s != [1, 1] || g.is_pointwise(self.in_hw) {
+            return None;
+        }
+        let pad = [
+            (g.d[0] * (g.k[0] - 1)).checked_sub(g.pad[0])?,
+            (g.d[1] * (g.k[1] - 1)).checked_sub(g.pad[1])?,
+        ];
+        Some(TransposedGrad {
+            geom: ConvGeom {
+                k: g.k,
+                s: [1, 1],
+                d: g.d,
+                pad,
+                out: self.in_hw,
+            },
+            out_hw: g.out,
+        })
+    }
+}
+
+/// The input gradient of a stride-1 convolution as a forward convolution.
+struct TransposedGrad {
+    /// Geometry on the output gradient (input size: the forward's output).
+    geom: ConvGeom,
+    out_hw: [usize; 2],
+}
+
+impl TransposedGrad {
+    fn input_grad(&self, gy: &[f32], wk: &[f32], n: usize, o: usize, c: usize) -> Result<Vec<f32>> {
+        let g = &self.geom;
+        let kk = g.taps();
+        // wt[c][o][ky][kx] = w[o][c][kh-1-ky][kw-1-kx]
+        let mut wt = vec![0f32; c * o * kk];
+        for oc in 0..o {
+            for ic in 0..c {
+                for t in 0..kk {
+                    wt[(ic * o + oc) * kk + (kk - 1 - t)] = wk[(oc * c + ic) * kk + t];
+                }
+            }
+        }
+        let [oh, ow] = self.out_hw;
+        let conv = Conv::new(g, Dims { c: o, h: oh, w: ow });
+        let (k, p) = (conv.k(), conv.p());
+        let mut gx = vec![0f32; n * c * p];
+        if c * p > 0 {
+            gx.par_chunks_mut(c * p).enumerate().try_for_each_init(
+                || conv.scratch(),
+                |buf, (b, gxn)| {
+                    let cols = conv.cols(&gy[b * o * oh * ow..(b + 1) * o * oh * ow], buf);
+                    gemm(
+                        c,
+                        p,
+                        k,
+                        gxn,
+                        false,
+                        Mat {
+                            data: &wt,
+                            rs: k,
+                            cs: 1,
+                        },
+                        Mat {
+                            data: cols,
+                            rs: p,
+                            cs: 1,
+                        },
+                    )
+                },
+            )?;
+        }
+        Ok(gx)
+    }
+}
+
+/// Weight gradient: `x` `[N,C,H,W]`, `grad` `[N,O,oh,ow]` -> `[O,C,kh,kw]`.
+struct WeightGrad(ConvGeom);
+
+impl CustomOp2 for WeightGrad {
+    fn name(&self) -> &'static str {
+        "adaptivenet-gemm-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let (gn, o, oh, ow) = l2.shape().dims4()?;
+        if gn != n || [oh, ow] != g.out {
+            candle_core::bail!(
+                "conv weight grad: gradient {:?} for input {:?} and output {:?}",
+                l2.dims(),
+                l1.dims(),
+                g.out
+            );
+        }
+        let x = slice(s1, l1, "input")?;
+        let gy = slice(s2, l2, "output gradient")?;
+        let conv = Conv::new(g, Dims { c, h, w });
+        let (k, p) = (conv.k(), conv.p());
+        // One partial sum per contiguous slice of the batch, added in order.
+        let parts = rayon::current_num_threads().clamp(1, n.max(1));
+        let per = n.div_ceil(parts.max(1)).max(1);
+        let partials = (0..parts)
+            .into_par_iter()
+            .map(|t| -> Result<Vec<f32>> {
+                let mut acc = vec![0f32; o * k];
+                let mut buf = conv.scratch();
+                for b in (t * per)..((t + 1) * per).min(n) {
+                    let xn = &x[b * c * h * w..(b + 1) * c * h * w];
+                    let cols = conv.cols(xn, &mut buf);
+                    gemm(
+                        o,
+                        k,
+                        p,
+                        &mut acc,
+                        true,
+                        Mat {
+                            data: &gy[b * o * p..(b + 1) * o * p],
+                            rs: p,
+                            cs: 1,
+                        },
+                        Mat {
+                            data: cols,
+                            rs: 1,
+                            cs: p,
+                        },
+                    )?;
+                }
+                Ok(acc)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut gw = vec![0f32; o * k];
+        for part in partials {
+            for (a, b) in gw.iter_mut().zip(part) {
+                *a += b;
+            }
+        }
+        Ok((CpuStorage::F32(gw), Shape::from((o, c, g.k[0], g.k[1]))))
+    }
+}
