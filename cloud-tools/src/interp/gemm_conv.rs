@@ -22,6 +22,10 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+/// Samples per partial sum of the weight gradient (fixed, not per thread,
+/// so the result does not depend on the thread count).
+const GRAD_SAMPLES: usize = 8;
+
 use super::activation::{clamp_grad, Clamp};
 use super::cpu::{bias_grad, bias_or_zeros, gemm, slice, Mat};
 use super::geom::{ConvGeom, Taps};
@@ -466,9 +470,12 @@ impl CustomOp2 for WeightGrad {
         let gy = slice(s2, l2, "output gradient")?;
         let conv = Conv::new(g, Dims { c, h, w });
         let (k, p) = (conv.k(), conv.p());
-        // One partial sum per contiguous slice of the batch, added in order.
-        let parts = rayon::current_num_threads().clamp(1, n.max(1));
-        let per = n.div_ceil(parts.max(1)).max(1);
+        // One partial sum per run of GRAD_SAMPLES samples, added in order:
+        // the same sums in the same order whatever the thread count, so a
+        // sharded elastify (one thread per shard) gives the weights of one
+        // process with several threads bit for bit.
+        let per = GRAD_SAMPLES;
+        let parts = n.div_ceil(per).max(1);
         let partials = (0..parts)
             .into_par_iter()
             .map(|t| -> Result<Vec<f32>> {
