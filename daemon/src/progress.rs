@@ -1,7 +1,7 @@
 //! The search's progress inside the daemon: a
 //! [`adaptivenet_search::ProgressHook`] that records the phase, done/total,
 //! elapsed time and an ETA in the status `/adaptation` shows, and logs a
-//! progress line at most every [`LOG_EVERY`].
+//! progress line when a phase starts and at most every [`LOG_EVERY`] within it.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +20,8 @@ pub struct Pace {
     started: Instant,
     phase_started: Option<(Phase, Instant)>,
     last_log: Option<Instant>,
+    /// The last status began a new phase (logged whatever the interval).
+    new_phase: bool,
 }
 
 impl Pace {
@@ -28,6 +30,7 @@ impl Pace {
             started: Instant::now(),
             phase_started: None,
             last_log: None,
+            new_phase: false,
         }
     }
 
@@ -38,6 +41,7 @@ impl Pace {
             Some((phase, t)) if phase == p.phase => t,
             _ => {
                 self.phase_started = Some((p.phase, now));
+                self.new_phase = true;
                 now
             }
         };
@@ -59,11 +63,13 @@ impl Pace {
         }
     }
 
-    /// Whether to log now (the first report, then every [`LOG_EVERY`]).
+    /// Whether to log now: the first report of a phase, then every
+    /// [`LOG_EVERY`].
     pub fn should_log(&mut self) -> bool {
         let now = Instant::now();
+        let new_phase = std::mem::take(&mut self.new_phase);
         match self.last_log {
-            Some(t) if now - t < LOG_EVERY => false,
+            Some(t) if now - t < LOG_EVERY && !new_phase => false,
             _ => {
                 self.last_log = Some(now);
                 true
@@ -166,5 +172,23 @@ mod tests {
         assert!(line(&s).contains("evaluating subnets 50/100 (50.0%)"));
         assert!(pace.should_log());
         assert!(!pace.should_log(), "a second line within 5 s");
+    }
+
+    #[test]
+    fn a_new_phase_is_logged_at_once() {
+        let mut pace = Pace::new();
+        let p = |phase, done| Progress {
+            phase,
+            done,
+            total: 2,
+        };
+        pace.status(p(Phase::Latency, 0));
+        assert!(pace.should_log());
+        pace.status(p(Phase::Latency, 1));
+        assert!(!pace.should_log(), "within 5 s, same phase");
+        pace.status(p(Phase::Check, 0));
+        assert!(pace.should_log(), "the check phase starts: logged");
+        pace.status(p(Phase::Check, 1));
+        assert!(!pace.should_log());
     }
 }

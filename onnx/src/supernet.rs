@@ -114,13 +114,18 @@ pub fn build_branches(oracle: &Oracle, spec: &BranchSpec) -> Result<Vec<BuiltBra
         }
         for from in 0..n.saturating_sub(span - 1) {
             if free(from, from + span) {
-                out.push(build_merge(
-                    oracle,
-                    from,
-                    span,
-                    spec.merge_source,
-                    spec.seed,
-                )?);
+                let merge =
+                    build_merge(oracle, from, span, spec.merge_source, spec.seed).map_err(|e| {
+                        match e {
+                            Error::Graph(m) => Error::Graph(format!(
+                            "{m}; drop {span} from `branches.merge_spans` or list one of blocks \
+                             {from}-{} in `branches.skip_blocks` of the elastify spec",
+                            from + span - 1
+                        )),
+                            other => other,
+                        }
+                    })?;
+                out.push(merge);
             }
         }
     }
@@ -135,6 +140,25 @@ pub fn build_branches(oracle: &Oracle, spec: &BranchSpec) -> Result<Vec<BuiltBra
     Ok(out)
 }
 
+/// A supernet tract cannot analyse: name the new branch its failing node
+/// belongs to (nodes of branch `ID` are named `branch/ID/...`).
+fn name_broken_branch(e: Error, branches: &[BuiltBranch]) -> Error {
+    let text = e.to_string();
+    let Some(b) = branches
+        .iter()
+        .find(|b| text.contains(&format!("branch/{}/", b.id)))
+    else {
+        return e;
+    };
+    Error::Graph(format!(
+        "branch {} is not a valid graph ({text}); list one of blocks {}-{} in \
+         `branches.skip_blocks` of the elastify spec",
+        b.id,
+        b.id.from_cut(),
+        b.id.to_cut() - 1
+    ))
+}
+
 /// The supernet model and its manifest (checksums not yet filled in): the
 /// oracle's cuts and original blocks, and every built branch with its MACs
 /// and parameter count measured on the supernet graph.
@@ -146,7 +170,25 @@ pub fn supernet_with_manifest(
     use crate::bundle::{Branch, BranchKind};
     let model = assemble(oracle, branches)?;
     let index = crate::graph::GraphIndex::of_model(&model)?;
-    let facts = crate::facts::infer_facts(&model, 1)?;
+    let facts =
+        crate::facts::infer_facts(&model, 1).map_err(|e| name_broken_branch(e, branches))?;
+    // A branch stands in for its span: it must write the span's output shape.
+    for b in branches {
+        let want = &oracle.facts.get(&oracle.layout.cuts[b.id.to_cut()])?.shape;
+        let got = &facts.get(&b.output)?.shape;
+        if got != want {
+            let (from, to) = (b.id.from_cut(), b.id.to_cut());
+            return Err(Error::Graph(format!(
+                "branch {} writes {got:?} where blocks {from}-{} write {want:?} (its copy of \
+                 block {} cannot be reshaped to the span); list one of blocks {from}-{} in \
+                 `branches.skip_blocks` of the elastify spec",
+                b.id,
+                to - 1,
+                b.source_block,
+                to - 1
+            )));
+        }
+    }
     let graph = model
         .graph
         .as_ref()

@@ -118,6 +118,16 @@ pub fn sample_input(
 
 /// Time `plans` (each with its input) in interleaved rounds; medians in ms.
 pub fn time_interleaved(plans: &[(&Plan, &Tensor)], t: TimingOptions) -> Result<Vec<f64>> {
+    time_rounds(plans, t, &|_| {})
+}
+
+/// [`time_interleaved`], calling `on_round` with the number of rounds done
+/// after each round (of `t.warmup + t.runs` in all).
+fn time_rounds(
+    plans: &[(&Plan, &Tensor)],
+    t: TimingOptions,
+    on_round: &dyn Fn(usize),
+) -> Result<Vec<f64>> {
     let mut samples = vec![Vec::with_capacity(t.runs); plans.len()];
     for round in 0..t.warmup + t.runs.max(1) {
         for (k, (plan, input)) in plans.iter().enumerate() {
@@ -133,6 +143,7 @@ pub fn time_interleaved(plans: &[(&Plan, &Tensor)], t: TimingOptions) -> Result<
                 samples[k].push(el);
             }
         }
+        on_round(round + 1);
     }
     Ok(samples.iter_mut().map(|s| median(s)).collect())
 }
@@ -144,9 +155,23 @@ pub fn measure(
     input: &Tensor,
     timing: TimingOptions,
 ) -> Result<(LatencyTable, SpanPlans)> {
+    measure_with_progress(net, input, timing, &|_, _| {})
+}
+
+/// [`measure`], calling `progress(done, total)`: 0 before compiling the
+/// plans, 1 after, then once per timing round (`total` is the rounds + 1).
+pub fn measure_with_progress(
+    net: &Supernet,
+    input: &Tensor,
+    timing: TimingOptions,
+    progress: &dyn Fn(u64, u64),
+) -> Result<(LatencyTable, SpanPlans)> {
     let start = Instant::now();
+    let total = (timing.warmup + timing.runs.max(1)) as u64 + 1;
+    progress(0, total);
     let facts = net.facts(1)?;
     let plans = net.span_plans(&facts)?;
+    progress(1, total);
     // Real cut tensors: the oracle path on a real item.
     let mut cuts = Vec::with_capacity(net.num_blocks() + 1);
     let c0 = plans.stem.run(input.clone()).context("running the stem")?;
@@ -163,7 +188,7 @@ pub fn measure(
     for id in &ids {
         jobs.push((plans.branch(id)?, &cuts[id.from_cut()]));
     }
-    let ms = time_interleaved(&jobs, timing)?;
+    let ms = time_rounds(&jobs, timing, &|r| progress(1 + r as u64, total))?;
     let table = LatencyTable {
         stem_ms: ms[0],
         head_ms: ms[1],
@@ -234,6 +259,20 @@ pub fn check(
     sample: usize,
     seed: u64,
 ) -> Result<PredictionCheck> {
+    check_with_progress(net, table, plans, input, sample, seed, &|_, _| {})
+}
+
+/// [`check`], calling `progress(done, total)` before the first subnet and
+/// after each one.
+pub fn check_with_progress(
+    net: &Supernet,
+    table: &LatencyTable,
+    plans: &SpanPlans,
+    input: &Tensor,
+    sample: usize,
+    seed: u64,
+    progress: &dyn Fn(u64, u64),
+) -> Result<PredictionCheck> {
     let start = Instant::now();
     let look = table.lookup();
     let mut rng = Rng::seeded(seed);
@@ -250,6 +289,7 @@ pub fn check(
         plans: Vec<&'a Plan>,
     }
     let mut rows = Vec::new();
+    progress(0, subnets.len() as u64);
     for s in &subnets {
         let whole = materialised_plan(net, s)?;
         let mut chain = Chain {
@@ -302,6 +342,7 @@ pub fn check(
             error_pct: (predicted_ms - measured_ms) / measured_ms * 100.0,
             chained_error_pct: (predicted_ms - chained_ms) / chained_ms * 100.0,
         });
+        progress(rows.len() as u64, subnets.len() as u64);
     }
     let stats = |f: &dyn Fn(&CheckRow) -> f64| {
         let v: Vec<f64> = rows.iter().map(|r| f(r).abs()).collect();

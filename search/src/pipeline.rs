@@ -152,22 +152,22 @@ pub fn search(bundle: &Bundle, data: &Dataset, options: &Options) -> Result<Sear
         data.len(),
         threads
     );
-    progress::report(&options.progress, Phase::Latency, 0, 1);
-    let (table, plans1) = latency::measure(&net, &input, options.timing)?;
-    progress::report(&options.progress, Phase::Latency, 1, 1);
+    let (table, plans1) = latency::measure_with_progress(&net, &input, options.timing, &|d, t| {
+        progress::report(&options.progress, Phase::Latency, d, t)
+    })?;
     log::info!(
         "latency table: {} parts in {:.1} s",
         table.branch_ms.len() + 2,
         table.seconds
     );
-    progress::report(&options.progress, Phase::Check, 0, 1);
-    let check = latency::check(
+    let check = latency::check_with_progress(
         &net,
         &table,
         &plans1,
         &input,
         options.check_sample,
         options.params.seed,
+        &|d, t| progress::report(&options.progress, Phase::Check, d, t),
     )?;
     let oracle_ms = check.rows[0].measured_ms;
     log::info!(
@@ -177,7 +177,6 @@ pub fn search(bundle: &Bundle, data: &Dataset, options: &Options) -> Result<Sear
         check.rows.len(),
         oracle_ms
     );
-    progress::report(&options.progress, Phase::Check, 1, 1);
     let mut ev = if options.eval_batch <= 1 {
         Evaluator::with_plans(&net, data, plans1, threads)?
     } else {

@@ -70,7 +70,8 @@ pub struct SearchParams {
     pub screen_images: usize,
     /// Screened points within this accuracy of the screened front are finished.
     pub finish_margin: f64,
-    /// At most this many points are finished.
+    /// At most this many points enter the first finishing rung (each
+    /// further rung keeps the better half of them).
     pub max_finish: usize,
     /// Share of `max_evals` kept for the local search around the front.
     pub polish: f64,

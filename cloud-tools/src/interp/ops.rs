@@ -163,6 +163,7 @@ const OPS: &[(&str, OpFn)] = &[
     ("Abs", |ctx| f(ctx.float(0)?.abs()?)),
     ("Clip", clamp_op),
     ("Softmax", softmax),
+    ("LRN", lrn),
     ("Conv", conv),
     ("BatchNormalization", batch_norm),
     ("MaxPool", |ctx| pool(ctx, PoolKind::Max)),
@@ -746,6 +747,37 @@ fn softmax(ctx: &Ctx) -> R<Vec<Value>> {
     let outer: usize = dims[..a].iter().product();
     let y = candle_nn::ops::softmax_last_dim(&x.reshape((outer, ()))?.contiguous()?)?;
     f(y.reshape(dims)?)
+}
+
+/// Local response normalisation across channels (ONNX `LRN`):
+/// `x / (bias + alpha / size * sum of x^2 over a window of size channels)^beta`,
+/// the window covering `floor((size-1)/2)` channels before and
+/// `ceil((size-1)/2)` after (fewer at the edges).
+fn lrn(ctx: &Ctx) -> R<Vec<Value>> {
+    let x = ctx.float(0)?;
+    let size = ctx.attr_i("size", 0);
+    if size < 1 || x.rank() < 3 {
+        fail!(
+            "LRN needs `size` >= 1 and an input with channels (size {size}, rank {})",
+            x.rank()
+        );
+    }
+    let size = size as usize;
+    let (alpha, beta, bias) = (
+        ctx.attr_f("alpha", 1e-4),
+        ctx.attr_f("beta", 0.75),
+        ctx.attr_f("bias", 1.0),
+    );
+    let c = x.dim(1)?;
+    let sq = x.sqr()?.pad_with_zeros(1, (size - 1) / 2, size / 2)?;
+    let mut sum = sq.narrow(1, 0, c)?;
+    for k in 1..size {
+        sum = (sum + sq.narrow(1, k, c)?)?;
+    }
+    let denom = sum
+        .affine((alpha / size as f32) as f64, bias as f64)?
+        .powf(beta as f64)?;
+    f((x / denom)?)
 }
 
 fn reduce_mean(ctx: &Ctx) -> R<Vec<Value>> {

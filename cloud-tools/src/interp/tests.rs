@@ -300,6 +300,29 @@ fn interp_conv_variants_match_tract() {
 }
 
 #[test]
+fn interp_lrn_matches_tract() {
+    for (label, size) in [("lrn size 5", 5), ("lrn size 4", 4), ("lrn size 1", 1)] {
+        check_single(
+            label,
+            vec![node(
+                "LRN",
+                "n",
+                &["x"],
+                &["y"],
+                vec![
+                    int("size", size),
+                    float("alpha", 0.01),
+                    float("beta", 0.75),
+                    float("bias", 2.0),
+                ],
+            )],
+            vec![],
+            &[2, 7, 5, 5],
+        );
+    }
+}
+
+#[test]
 fn interp_pools_match_tract() {
     let s = [2, 3, 9, 9];
     let cases: Vec<(&str, &str, Vec<AttributeProto>)> = vec![
