@@ -41,6 +41,10 @@ pub struct ConnLimits {
     pub shutdown_grace: Duration,
 }
 
+/// Sockets of evicted connections that may still be open while the accept
+/// loop takes new ones (on top of `max_connections`).
+const EVICTION_SLACK: usize = 4;
+
 /// A listener the accept loop can take connections from.
 pub trait Listener {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
@@ -248,6 +252,21 @@ pub async fn serve<L: Listener>(
     tokio::pin!(shutdown);
     let mut next_id = 0u64;
     'accept: loop {
+        // An evicted connection closes its socket on its own task, a little
+        // later: accept nothing while `EVICTION_SLACK` such sockets are
+        // still open, so a burst of connects cannot run the process out of
+        // file descriptors while they close.
+        loop {
+            let changed = registry.changed.notified();
+            if registry.lock().len() < limits.max_connections + EVICTION_SLACK {
+                break;
+            }
+            tokio::select! {
+                _ = &mut shutdown => break 'accept,
+                _ = changed => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
         let io = tokio::select! {
             _ = &mut shutdown => break 'accept,
             r = listener.accept_one() => match r {
