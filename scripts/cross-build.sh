@@ -8,7 +8,7 @@
 #
 # Default targets:
 #   aarch64-unknown-linux-musl      static: Jetson (any JetPack), Raspberry Pi OS 64-bit
-#   aarch64-unknown-linux-gnu       dynamic glibc (needs the glibc of Debian 12 or newer)
+#   aarch64-unknown-linux-gnu       dynamic glibc 2.35 or newer (Debian 12, Ubuntu 22.04; not JetPack 5)
 #   armv7-unknown-linux-musleabihf  static: Raspberry Pi OS 32-bit
 # When rustup cannot provide armv7-unknown-linux-musleabihf (its rust-std
 # download fails), armv7-unknown-linux-gnueabihf is built instead, linked
