@@ -71,10 +71,11 @@ fn run(cmd: &mut Command, what: &str) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// The first `BATCH` images of the folder as raw pixels, NHWC (through the
-/// data source with an identity normalisation: x / 255, exact in f32).
+/// `BATCH` images of the folder, of different classes, as raw pixels, NHWC
+/// (through the data source with an identity normalisation: x / 255, exact
+/// in f32).
 fn pixels_nhwc() -> Vec<u8> {
-    let src: DataSource = format!("folder:{}[0:{BATCH}]", folder().display())
+    let src: DataSource = format!("folder:{}", folder().display())
         .parse()
         .expect("source");
     let unit = Preprocess {
@@ -84,8 +85,13 @@ fn pixels_nhwc() -> Vec<u8> {
     let d = src
         .load(&[32, 32, 3], "NHWC", &unit, &[])
         .expect("the folder loads");
-    assert_eq!(d.len(), BATCH);
-    d.data
+    assert_eq!(d.len(), 200);
+    // about 20 images per class, in class order: items 0, 60, 120, 180
+    let item = 32 * 32 * 3;
+    let picked: Vec<f32> = (0..BATCH)
+        .flat_map(|i| d.data[i * 60 * item..(i * 60 + 1) * item].iter().copied())
+        .collect();
+    picked
         .iter()
         .map(|&v| {
             let p = (v * 255.0).round();
@@ -415,13 +421,17 @@ fn serve_and_compare(dir: &Path, bundle: &Path, model: &Path, name: &str, layout
         &mut c,
         &request("UINT8", &[BATCH, 32, 3, 32], u8s(&nhwc), None),
         "UINT8 in neither layout",
-        &["[-1, 3, 32, 32] (NCHW)", "[-1, 32, 32, 3] (NHWC)"],
+        &[
+            "as UINT8: ",
+            "[-1, 3, 32, 32] (NCHW)",
+            "[-1, 32, 32, 3] (NHWC)",
+        ],
     );
     bad(
         &mut c,
         &request("UINT8", &nchw_shape, u8s(&nhwc), Some("NHWC")),
         "UINT8 NCHW shape declared NHWC",
-        &["parameters.layout NHWC", "[-1, 32, 32, 3] (NHWC)"],
+        &["UINT8 with parameters.layout NHWC: [-1, 32, 32, 3] (NHWC)"],
     );
     let other = layout.other();
     bad(
@@ -488,7 +498,16 @@ fn rgb_nchw_model_elastifies_searches_and_serves_uint8_nhwc_and_fp32_nchw_with_t
             .args(["--eval", &data]),
         "inspect --eval",
     );
-    assert!(inspect.contains("[N, 3, 32, 32] float NCHW"), "{inspect}");
+    let header = run(
+        Command::new(adaptivenet_bin()).arg("inspect").arg(&bundle),
+        "inspect",
+    );
+    assert!(header.contains("[N, 3, 32, 32] float NCHW"), "{header}");
+    let (mean, std) = mean_std();
+    assert!(
+        header.contains(&format!("mean {mean:?} std {std:?}")),
+        "{header}"
+    );
     let meta: Value = serde_json::from_str(
         &std::fs::read_to_string(fixtures().join("oracle/cfmnist_rgb.json")).expect("json"),
     )

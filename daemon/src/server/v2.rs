@@ -513,11 +513,11 @@ fn match_shape(
         options.push(format!("{} (grey)", shape_text(&dims(g))));
     }
     let how = match asked {
-        Some(l) => format!("UINT8, parameters.layout {l}"),
+        Some(l) => format!("UINT8 with parameters.layout {l}"),
         None => "UINT8".to_string(),
     };
     Err(ApiError::bad(format!(
-        "inputs[0].shape: {} does not fit the model's input {} ({how})",
+        "inputs[0].shape: {} does not fit the model's input as {how}: {}",
         shape_text(shape),
         options.join(" or ")
     )))
