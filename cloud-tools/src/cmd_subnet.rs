@@ -88,7 +88,12 @@ pub fn eval_table(bundle: &Bundle, source: &str) -> Result<()> {
     let item_shape = m
         .item_shape()
         .context("input.shape: every dim after the batch must be fixed")?;
-    let data = source.load(&item_shape, &m.input.preprocess, &m.input.labels)?;
+    let data = source.load(
+        &item_shape,
+        &m.input.layout,
+        &m.input.preprocess,
+        &m.input.labels,
+    )?;
     if data.labels.is_none() {
         bail!("--eval needs labelled data");
     }

@@ -130,6 +130,7 @@ fn load_data(spec: &str, what: &str, bundle: &Bundle, item_shape: &[usize]) -> R
     let src: DataSource = spec.parse().map_err(|e| anyhow!("{what} `{spec}`: {e}"))?;
     src.load(
         item_shape,
+        &bundle.manifest.input.layout,
         &bundle.manifest.input.preprocess,
         &bundle.manifest.input.labels,
     )

@@ -1,7 +1,7 @@
 //! The inference engine: a subnet of a bundle's supernet materialised into one
 //! standalone ONNX model and compiled into tract plans (one per batch size,
 //! compiled on first use and cached), plus the bundle's input handling
-//! (shape checks, UINT8 preprocessing).
+//! (shape checks, UINT8 preprocessing per channel in the model's layout).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,7 +11,7 @@ use adaptivenet_onnx::extract::materialise;
 use adaptivenet_onnx::supernet::subnet_path;
 use adaptivenet_onnx::tract_onnx::pb::ModelProto;
 use adaptivenet_onnx::tract_onnx::prelude::Tensor;
-use adaptivenet_onnx::{GraphIndex, Plan};
+use adaptivenet_onnx::{GraphIndex, ImageLayout, Plan};
 
 /// Why a subnet cannot be built or run.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,8 @@ pub struct Engine {
     pub classes: usize,
     /// Per-channel `(x / 255 - mean) / std` for UINT8 input.
     pub preprocess: Preprocess,
+    /// The input's image layout (`NCHW` / `NHWC`), when it is an image.
+    pub layout: Option<ImageLayout>,
     model: ModelProto,
     plans: Mutex<PlanCache>,
 }
@@ -73,12 +75,14 @@ impl Engine {
         let item_shape = m.item_shape().ok_or_else(|| {
             EngineError::Subnet("input.shape: every dim after the batch must be fixed".into())
         })?;
+        let layout = m.image_layout().filter(|l| l.chw(&item_shape).is_some());
         let model = materialise_subnet(bundle, subnet)?;
         let engine = Engine {
             subnet: subnet.clone(),
             item_shape,
             classes: 0,
             preprocess: m.input.preprocess.clone(),
+            layout,
             model,
             plans: Mutex::new(PlanCache::default()),
         };
@@ -125,10 +129,19 @@ impl Engine {
         Tensor::from_shape(&shape, &data).map_err(|e| EngineError::Input(format!("{e}")))
     }
 
-    /// Apply the bundle's preprocessing to raw UINT8 pixels (row-major, the
-    /// channel is the first axis of an item).
+    /// `(C, H, W)` of an image input.
+    pub fn chw(&self) -> Option<(usize, usize, usize)> {
+        self.layout.and_then(|l| l.chw(&self.item_shape))
+    }
+
+    /// Apply the bundle's preprocessing to raw UINT8 pixels, whole items in
+    /// the model's layout (without an image layout, the channel is the
+    /// first axis of an item).
     pub fn preprocess_u8(&self, raw: &[u8]) -> Vec<f32> {
-        self.preprocess.apply_items(&self.item_shape, raw)
+        match (self.layout, self.chw()) {
+            (Some(l), Some(chw)) => self.preprocess.apply_image(l, chw, raw),
+            _ => self.preprocess.apply_items(&self.item_shape, raw),
+        }
     }
 
     /// The plan for `batch`, compiled on first use.

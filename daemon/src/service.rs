@@ -92,14 +92,28 @@ pub struct ValidationError {
 }
 
 /// Load the configured validation data with the bundle's preprocessing
-/// (at most `limit` items).
+/// (at most `limit` items): NPY, IDX, or a folder of images.
 pub fn load_validation(v: &ValidationData, bundle: &Bundle) -> Result<Dataset, ValidationError> {
     let pre = &bundle.manifest.input.preprocess;
     let err = |source| ValidationError {
         path: v.images.clone(),
         source,
     };
-    let mut d = if v.is_npy() {
+    let m = &bundle.manifest;
+    let mut d = if v.images.is_dir() {
+        // A folder of class sub-folders of PNG/JPEG images, resized and laid
+        // out for the model (labels come from the sub-folder names).
+        let item = m.item_shape().unwrap_or_default();
+        let src = adaptivenet_onnx::datasource::DataSource {
+            kind: adaptivenet_onnx::datasource::SourceKind::Folder {
+                dir: v.images.clone(),
+            },
+            start: 0,
+            end: Some(v.limit),
+        };
+        src.load(&item, &m.input.layout, pre, &m.input.labels)
+            .map_err(err)?
+    } else if v.is_npy() {
         Dataset::from_npy(&v.images, v.labels.as_deref()).map_err(err)?
     } else {
         Dataset::from_idx(&v.images, v.labels.as_deref(), pre, 0..v.limit).map_err(err)?

@@ -38,6 +38,20 @@ impl Preprocess {
         (raw as f32 / 255.0 - m) / s
     }
 
+    /// Normalise raw pixels laid out as whole items `(C, H, W)` in
+    /// `layout` (the channel of each pixel follows from the layout).
+    pub fn apply_image(
+        &self,
+        layout: crate::ImageLayout,
+        chw: (usize, usize, usize),
+        raw: &[u8],
+    ) -> Vec<f32> {
+        raw.iter()
+            .enumerate()
+            .map(|(i, &px)| self.apply(layout.channel_of(i, chw), px))
+            .collect()
+    }
+
     /// Normalise raw pixels laid out as whole items of `item_shape`
     /// (`[C, H, W]`, channel-first): pixel `i` belongs to channel
     /// `(i % item) / (H * W)`.

@@ -5,8 +5,13 @@
 //! - `npy:TENSOR[,LABELS]`: a float32 NPY tensor [N, ...], already
 //!   preprocessed, with optional integer labels `[N]`;
 //! - `folder:DIR`: one sub-folder per class (sorted by name, or in the order
-//!   of the model's labels when the names match), PNG or JPEG images,
-//!   converted to the model's channels and size;
+//!   of the model's labels when the names match, a `/` in a label written
+//!   `_`), PNG or JPEG images,
+//!   converted to the model's channels (grey or RGB) and resized to its
+//!   height and width;
+//!
+//! Images come out in the model's layout (`NCHW` or `NHWC`, from the
+//! manifest); NPY tensors are taken as they are (already in it).
 //!
 //! each optionally followed by a slice `[START:END]` (either end may be
 //! omitted), e.g. `idx:t10k-images.gz,t10k-labels.gz[0:2000]`.
@@ -15,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use crate::dataset::{Dataset, Preprocess};
 use crate::error::{Error, Result};
+use crate::layout::ImageLayout;
 
 /// A parsed data source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,19 +104,23 @@ impl std::str::FromStr for DataSource {
 
 impl DataSource {
     /// Load the source for a model whose input item shape is `item_shape`
-    /// ([C, H, W]), normalising raw pixels with `pre`; `labels` are the
-    /// model's class names (used to order folder classes).
+    /// (`[C, H, W]` for `NCHW`, `[H, W, C]` for `NHWC`) in `layout` (the
+    /// manifest's `input.layout`), normalising raw pixels with `pre`;
+    /// `labels` are the model's class names (used to order folder classes).
     pub fn load(
         &self,
         item_shape: &[usize],
+        layout: &str,
         pre: &Preprocess,
         labels: &[String],
     ) -> Result<Dataset> {
         let range = self.start..self.end.unwrap_or(usize::MAX);
+        let image = ImageLayout::of(layout);
         let data = match &self.kind {
-            SourceKind::Idx { images, labels } => {
-                Dataset::from_idx(images, labels.as_deref(), pre, range)?
-            }
+            SourceKind::Idx { images, labels } => in_layout(
+                Dataset::from_idx(images, labels.as_deref(), pre, range)?,
+                image,
+            ),
             SourceKind::Npy { tensor, labels } => {
                 let mut d = Dataset::from_npy(tensor, labels.as_deref())?;
                 let (k, n) = (d.item_shape.iter().product::<usize>(), d.len());
@@ -120,7 +130,17 @@ impl DataSource {
                 d.labels = d.labels.map(|l| l[start..end].to_vec());
                 d
             }
-            SourceKind::Folder { dir } => load_folder(dir, item_shape, pre, labels, range)?,
+            SourceKind::Folder { dir } => {
+                let chw = image.and_then(|l| l.chw(item_shape)).ok_or_else(|| {
+                    Error::bad_data(
+                        dir.display().to_string(),
+                        format!(
+                            "image folders need an NCHW or NHWC image input; the model takes {item_shape:?} ({layout})"
+                        ),
+                    )
+                })?;
+                in_layout(load_folder(dir, chw, pre, labels, range)?, image)
+            }
         };
         let origin = self.origin();
         if data.is_empty() {
@@ -147,21 +167,33 @@ impl DataSource {
     }
 }
 
+/// Channel-first items (as the IDX and folder loaders make them) rewritten
+/// into the model's image layout.
+fn in_layout(mut d: Dataset, layout: Option<ImageLayout>) -> Dataset {
+    if let (Some(ImageLayout::Nhwc), &[c, h, w]) = (layout, d.item_shape.as_slice()) {
+        d.data = ImageLayout::Nchw.transpose(ImageLayout::Nhwc, &d.data, (c, h, w));
+        d.item_shape = vec![h, w, c];
+    }
+    d
+}
+
+/// A folder of class sub-folders of images, as channel-first items `chw`.
 fn load_folder(
     dir: &Path,
-    item_shape: &[usize],
+    (c, h, w): (usize, usize, usize),
     pre: &Preprocess,
     labels: &[String],
     range: std::ops::Range<usize>,
 ) -> Result<Dataset> {
     let origin = dir.display().to_string();
-    if item_shape.len() != 3 || !(item_shape[0] == 1 || item_shape[0] == 3) {
+    if !(c == 1 || c == 3) {
         return Err(Error::bad_data(
             &origin,
-            format!("image folders need a [1 or 3, H, W] input, the model takes {item_shape:?}"),
+            format!("image folders need 1 (grey) or 3 (RGB) channels; the model takes {c}"),
         ));
     }
-    let (c, h, w) = (item_shape[0], item_shape[1] as u32, item_shape[2] as u32);
+    let item_shape = [c, h, w];
+    let (h, w) = (h as u32, w as u32);
     let mut classes: Vec<String> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok())
@@ -175,7 +207,13 @@ fn load_folder(
             "no class sub-folders (expected one sub-folder of images per class)",
         ));
     }
-    let class_index = |name: &str, k: usize| labels.iter().position(|l| l == name).unwrap_or(k);
+    // A label with `/` (`T-shirt/top`) names the folder `T-shirt_top`.
+    let class_index = |name: &str, k: usize| {
+        labels
+            .iter()
+            .position(|l| l == name || l.replace('/', "_") == name)
+            .unwrap_or(k)
+    };
     let mut files: Vec<(PathBuf, i64)> = Vec::new();
     for (k, class) in classes.iter().enumerate() {
         let mut imgs: Vec<PathBuf> = std::fs::read_dir(dir.join(class))
@@ -283,7 +321,7 @@ mod tests {
         };
         let labels: Vec<String> = vec!["T-shirt_top".into(), "Trouser".into()];
         let ds: DataSource = format!("folder:{}", dir.display()).parse().unwrap();
-        let data = ds.load(&[1, 28, 28], &pre, &labels).unwrap();
+        let data = ds.load(&[1, 28, 28], "NCHW", &pre, &labels).unwrap();
         assert!(data.len() > 5);
         let l = data.labels.as_ref().unwrap();
         assert!(l.contains(&0) && l.contains(&1));
@@ -295,9 +333,57 @@ mod tests {
         let err = format!("folder:{}", empty.display())
             .parse::<DataSource>()
             .unwrap()
-            .load(&[1, 28, 28], &pre, &labels)
+            .load(&[1, 28, 28], "NCHW", &pre, &labels)
             .unwrap_err();
         assert!(err.to_string().contains("no class sub-folders"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rgb_folder_is_resized_normalised_per_channel_in_either_layout() {
+        let dir = std::env::temp_dir().join(format!("adaptivenet-rgb-{}", std::process::id()));
+        // class `a`: solid PNGs of another size; class `b`: a solid JPEG.
+        let colours = [[200u8, 40, 90], [10, 250, 128]];
+        for (k, class) in ["a", "b"].iter().enumerate() {
+            let d = dir.join(class);
+            std::fs::create_dir_all(&d).unwrap();
+            let img = image::RgbImage::from_pixel(40, 30, image::Rgb(colours[k]));
+            let name = if k == 0 { "x.png" } else { "x.jpg" };
+            img.save(d.join(name)).unwrap();
+        }
+        let pre = Preprocess {
+            mean: vec![0.5, 0.4, 0.3],
+            std: vec![0.2, 0.25, 0.3],
+        };
+        let src: DataSource = format!("folder:{}", dir.display()).parse().unwrap();
+        let nchw = src.load(&[3, 8, 6], "NCHW", &pre, &[]).unwrap();
+        assert_eq!(nchw.item_shape, vec![3, 8, 6]);
+        assert_eq!(nchw.labels.as_deref(), Some(&[0i64, 1][..]));
+        // every pixel of the PNG item is its colour, normalised per channel
+        for ch in 0..3 {
+            let want = pre.apply(ch, colours[0][ch]);
+            assert!(nchw.data[ch * 48..(ch + 1) * 48].iter().all(|&v| v == want));
+            // the JPEG is lossy: within a few levels
+            let got = nchw.data[144 + ch * 48];
+            let want = pre.apply(ch, colours[1][ch]);
+            assert!(
+                (got - want).abs() < 4.0 / 255.0 / pre.std[ch],
+                "{got} vs {want}"
+            );
+        }
+        let nhwc = src.load(&[8, 6, 3], "NHWC", &pre, &[]).unwrap();
+        assert_eq!(nhwc.item_shape, vec![8, 6, 3]);
+        assert_eq!(
+            nhwc.data,
+            ImageLayout::Nchw.transpose(ImageLayout::Nhwc, &nchw.data, (3, 8, 6))
+        );
+        let e = src
+            .load(&[4, 8, 6], "NCHW", &pre, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1 (grey) or 3 (RGB)"), "{e}");
+        let e = src.load(&[3, 8], "NCL", &pre, &[]).unwrap_err().to_string();
+        assert!(e.contains("NCHW or NHWC"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

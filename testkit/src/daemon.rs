@@ -15,7 +15,19 @@ use crate::fixtures;
 /// The `adaptived` binary under test: `$ADAPTIVED_BIN` if set, else the one
 /// cargo built beside the running test executable (`target/<profile>/`).
 pub fn adaptived_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("ADAPTIVED_BIN") {
+    workspace_bin("adaptived", "ADAPTIVED_BIN", "adaptivenet-daemon")
+}
+
+/// The `adaptivenet` CLI (cloud tools) for tests outside its crate:
+/// `$ADAPTIVENET_BIN` if set, else the one beside the running test executable.
+pub fn adaptivenet_bin() -> PathBuf {
+    workspace_bin("adaptivenet", "ADAPTIVENET_BIN", "adaptivenet-cloud-tools")
+}
+
+/// A binary of the workspace: `$var` if set, else `name` in the cargo
+/// output folder of the running test executable.
+fn workspace_bin(name: &str, var: &str, package: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(var) {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("the test executable's path");
@@ -26,10 +38,10 @@ pub fn adaptived_bin() -> PathBuf {
     if dir.ends_with("deps") {
         dir.pop();
     }
-    let bin = dir.join("adaptived");
+    let bin = dir.join(name);
     assert!(
         bin.is_file(),
-        "{} does not exist: build it first (`cargo build -p adaptivenet-daemon`) or set ADAPTIVED_BIN",
+        "{} does not exist: build it first (`cargo build -p {package}`) or set {var}",
         bin.display()
     );
     bin

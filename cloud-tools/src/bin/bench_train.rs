@@ -116,6 +116,7 @@ fn measure(setup: &Setup, fixture: &str, id: &BranchId) -> Result<BlockResult> {
     .parse()?;
     let data = source.load(
         &[1, 28, 28],
+        "NCHW",
         &Preprocess {
             mean: vec![0.286],
             std: vec![0.353],

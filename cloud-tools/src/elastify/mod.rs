@@ -144,10 +144,20 @@ pub fn run(args: &ElastifyArgs) -> Result<()> {
     print_branches(&branches);
     let desc = description(&spec, oracle_path);
     let (mut supernet, mut manifest) = supernet_with_manifest(&oracle, &branches, &desc)?;
+    if let Some(layout) = &spec.model.layout {
+        manifest
+            .set_input_layout(layout)
+            .context("the spec's model.layout")?;
+    }
 
     // 3. data
     let item_shape: Vec<usize> = summary.stem.input_shape[1..].to_vec();
-    let data = source.load(&item_shape, &desc.preprocess, &desc.labels)?;
+    let data = source.load(
+        &item_shape,
+        &manifest.input.layout,
+        &desc.preprocess,
+        &desc.labels,
+    )?;
     let batch = spec.training.batch_size.max(1);
     let (holdout, train) = split(data.len(), batch, &spec);
     if train.len() < batch {

@@ -30,6 +30,11 @@ pub struct ModelSpec {
     /// Input normalisation of raw pixels: (x / 255 - mean) / std, per channel.
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+    /// The input's image layout, `NCHW` or `NHWC` (default: `NCHW` for a
+    /// 4-d input, as PyTorch exports). Data sources build images in it and
+    /// the daemon reads it to accept raw pixels in either layout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
 }
 
 impl Default for ModelSpec {
@@ -41,6 +46,7 @@ impl Default for ModelSpec {
             labels: vec![],
             mean: vec![0.0],
             std: vec![1.0],
+            layout: None,
         }
     }
 }

@@ -98,7 +98,7 @@ fn config_of(st: &AppState, a: &Active) -> Value {
         }],
         "parameters": {
             "subnet": { "string_value": a.engine.subnet.to_string() },
-            "uint8_input": { "string_value": "accepted: raw pixels in [0, 255]" },
+            "uint8_input": { "string_value": super::v2::uint8_note(&a.engine) },
         },
     })
 }

@@ -15,6 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use adaptivenet_onnx::ImageLayout;
+
 use super::codec::{self, Decoded, InputData, Output, OutputData, WireHeaders};
 use super::AppState;
 use crate::shared::{Active, Shared};
@@ -120,6 +122,24 @@ pub async fn ready(State(st): State<AppState>) -> Response {
     }
 }
 
+/// How UINT8 pixels are accepted (model metadata and Triton's config).
+pub fn uint8_note(e: &crate::engine::Engine) -> String {
+    let shape = |item: &[usize]| {
+        let mut s = vec![-1i64];
+        s.extend(item.iter().map(|&d| d as i64));
+        shape_text(&s)
+    };
+    match (e.layout, e.chw()) {
+        (Some(l), Some(chw)) => format!(
+            "accepted: raw pixels in [0, 255] as {} ({l}) or {} ({}; set inputs[].parameters.layout, or the shape decides), normalised per channel with the bundle's mean/std",
+            shape(&e.item_shape),
+            shape(&l.other().item_shape(chw)),
+            l.other()
+        ),
+        _ => "accepted: raw pixels in [0, 255], normalised with the bundle's mean/std".into(),
+    }
+}
+
 fn metadata_of(a: &Active) -> Value {
     let mut in_shape: Vec<i64> = vec![-1];
     in_shape.extend(a.engine.item_shape.iter().map(|&d| d as i64));
@@ -132,7 +152,7 @@ fn metadata_of(a: &Active) -> Value {
         "outputs": [{ "name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, a.engine.classes as i64] }],
         "parameters": {
             "layout": m.input.layout,
-            "uint8_input": "accepted: raw pixels in [0, 255], normalised with the bundle's mean/std",
+            "uint8_input": uint8_note(&a.engine),
             "labels": m.input.labels,
             "subnet": a.engine.subnet.to_string(),
         },
@@ -286,7 +306,6 @@ fn plan_outputs(dec: &Decoded) -> ApiResult<Vec<OutputPlan>> {
 /// Check a decoded request against the served model's input spec.
 pub fn check_request(dec: Decoded, a: &Active, max_batch: usize) -> ApiResult<Checked> {
     let m = &a.bundle.manifest;
-    let item: Vec<i64> = a.engine.item_shape.iter().map(|&d| d as i64).collect();
     let outputs = plan_outputs(&dec)?;
     let mut inputs = dec.inputs;
     if inputs.len() != 1 {
@@ -310,35 +329,15 @@ pub fn check_request(dec: Decoded, a: &Active, max_batch: usize) -> ApiResult<Ch
             shape[i]
         )));
     }
-    let expect = |dt: &str| {
-        let mut e = vec![-1i64];
-        e.extend(&item);
-        let mut s = format!(
-            "inputs[0].shape: {} does not fit the model's input {} ({dt})",
-            shape_text(shape),
-            shape_text(&e)
-        );
-        if dt == "UINT8" && item.first() == Some(&1) {
-            s.push_str(&format!(
-                " or {}",
-                shape_text(&[&[-1i64][..], &item[1..]].concat())
-            ));
-        }
-        ApiError::bad(s)
-    };
     let datatype = input.datatype.to_ascii_uppercase();
-    let fits = |s: &[i64]| s.len() == item.len() + 1 && s[1..] == item[..];
-    let n = match datatype.as_str() {
-        "FP32" if fits(shape) => shape[0] as usize,
-        "UINT8" if fits(shape) => shape[0] as usize,
-        "UINT8" if item.first() == Some(&1) && shape.len() == item.len() && shape[1..] == item[1..] => shape[0] as usize,
-        "FP32" | "UINT8" => return Err(expect(&datatype)),
-        other => {
-            return Err(ApiError::bad(format!(
-                "inputs[0].datatype: `{other}` is not supported; send FP32 (preprocessed) or UINT8 (raw pixels)"
-            )))
-        }
-    };
+    if !matches!(datatype.as_str(), "FP32" | "UINT8") {
+        return Err(ApiError::bad(format!(
+            "inputs[0].datatype: `{}` is not supported; send FP32 (preprocessed) or UINT8 (raw pixels)",
+            input.datatype
+        )));
+    }
+    let asked = requested_layout(&input.parameters)?;
+    let (n, from) = match_shape(shape, &datatype, asked, &a.engine, &m.input.layout)?;
     if n > max_batch {
         return Err(ApiError::bad(format!(
             "inputs[0].shape[0]: a batch of {n}; at most {max_batch} per request"
@@ -406,11 +405,122 @@ pub fn check_request(dec: Decoded, a: &Active, max_batch: usize) -> ApiResult<Ch
             }
         }
     };
+    // Raw pixels in the other layout: rewritten into the model's.
+    let batch = match (batch, from, a.engine.layout, a.engine.chw()) {
+        (Batch::U8 { n, data }, Some(from), Some(to), Some(chw)) if from != to => Batch::U8 {
+            n,
+            data: from.transpose(to, &data, chw),
+        },
+        (b, ..) => b,
+    };
     Ok(Checked {
         id: dec.id,
         batch,
         outputs,
     })
+}
+
+/// `inputs[0].parameters.layout`: the layout raw pixels are sent in.
+fn requested_layout(p: &Option<serde_json::Map<String, Value>>) -> ApiResult<Option<ImageLayout>> {
+    match p.as_ref().and_then(|p| p.get("layout")) {
+        None => Ok(None),
+        Some(Value::String(s)) => s
+            .parse()
+            .map(Some)
+            .map_err(|e| ApiError::bad(format!("inputs[0].parameters.layout: {e}"))),
+        Some(v) => Err(ApiError::bad(format!(
+            "inputs[0].parameters.layout: {v} is not a string; expected \"NCHW\" or \"NHWC\""
+        ))),
+    }
+}
+
+/// Match a request's shape to the model's input: the batch size and, for
+/// UINT8 images, the layout the pixels come in (`None`: the model's own).
+///
+/// FP32 (preprocessed) must be in the model's layout. UINT8 may also come
+/// in the other image layout (`[N, H, W, C]` for an NCHW model, as image
+/// decoders produce it, or `[N, C, H, W]` for an NHWC one), and a grey
+/// image without its channel axis (`[N, H, W]`). `parameters.layout` names
+/// the layout; without it the shape decides, and a shape that fits both
+/// layouts (C = H = W) is taken in the model's.
+fn match_shape(
+    shape: &[i64],
+    datatype: &str,
+    asked: Option<ImageLayout>,
+    engine: &crate::engine::Engine,
+    model_layout: &str,
+) -> ApiResult<(usize, Option<ImageLayout>)> {
+    let dims = |item: &[usize]| -> Vec<i64> {
+        std::iter::once(-1)
+            .chain(item.iter().map(|&d| d as i64))
+            .collect()
+    };
+    let fits = |item: &[usize]| shape.len() == item.len() + 1 && shape[1..] == dims(item)[1..];
+    let n = shape.first().map_or(0, |&d| d as usize);
+    let own = engine.layout;
+    let chw = engine.chw();
+    if asked.is_some() && own.is_none() {
+        return Err(ApiError::bad(format!(
+            "inputs[0].parameters.layout: the model's input ({model_layout}) is not an image; drop the parameter"
+        )));
+    }
+    if datatype == "FP32" {
+        if let (Some(l), Some(own)) = (asked, own) {
+            if l != own {
+                return Err(ApiError::bad(format!(
+                    "inputs[0].parameters.layout: FP32 input is taken in the model's layout {own} only; send raw pixels as UINT8 in {l}, or FP32 in {own}"
+                )));
+            }
+        }
+        if fits(&engine.item_shape) {
+            return Ok((n, None));
+        }
+        return Err(ApiError::bad(format!(
+            "inputs[0].shape: {} does not fit the model's input {} (FP32, {model_layout})",
+            shape_text(shape),
+            shape_text(&dims(&engine.item_shape))
+        )));
+    }
+    // UINT8: the layouts it may come in, the model's first.
+    let mut accepted: Vec<(Option<ImageLayout>, Vec<usize>)> =
+        vec![(own, engine.item_shape.clone())];
+    if let (Some(own), Some(chw)) = (own, chw) {
+        accepted.push((Some(own.other()), own.other().item_shape(chw)));
+    }
+    let grey = match chw {
+        Some((1, h, w)) => Some(vec![h, w]),
+        None if engine.item_shape.first() == Some(&1) => Some(engine.item_shape[1..].to_vec()),
+        _ => None,
+    };
+    let candidates: Vec<&(Option<ImageLayout>, Vec<usize>)> = accepted
+        .iter()
+        .filter(|(l, _)| asked.is_none() || *l == asked)
+        .collect();
+    if let Some((l, _)) = candidates.iter().find(|(_, item)| fits(item)) {
+        return Ok((n, *l));
+    }
+    if grey.as_deref().is_some_and(|g| fits(g)) {
+        return Ok((n, own));
+    }
+    let mut options: Vec<String> = candidates
+        .iter()
+        .map(|(l, item)| match l {
+            Some(l) => format!("{} ({l})", shape_text(&dims(item))),
+            None => shape_text(&dims(item)),
+        })
+        .collect();
+    if let Some(g) = &grey {
+        options.push(format!("{} (grey)", shape_text(&dims(g))));
+    }
+    let how = match asked {
+        Some(l) => format!("UINT8 with parameters.layout {l}"),
+        None => "UINT8".to_string(),
+    };
+    Err(ApiError::bad(format!(
+        "inputs[0].shape: {} does not fit the model's input as {how}: {}",
+        shape_text(shape),
+        options.join(" or ")
+    )))
 }
 
 /// Run a checked batch on `a` (on a worker thread): logits, classes and the

@@ -509,6 +509,39 @@ impl Manifest {
         self.input.shape.iter().skip(1).map(|d| d.fixed()).collect()
     }
 
+    /// The input's image layout, when `input.layout` is `NCHW` or `NHWC`.
+    pub fn image_layout(&self) -> Option<crate::ImageLayout> {
+        crate::ImageLayout::of(&self.input.layout)
+    }
+
+    /// The number of channels of an image input (`C` of `NCHW` / `NHWC`), if fixed.
+    pub fn input_channels(&self) -> Option<usize> {
+        let at = match self.image_layout()? {
+            crate::ImageLayout::Nchw => 1,
+            crate::ImageLayout::Nhwc => 3,
+        };
+        (self.input.shape.len() == 4)
+            .then(|| self.input.shape[at].fixed())
+            .flatten()
+    }
+
+    /// Declare the input's image layout (`NCHW` or `NHWC`): the model's
+    /// graph input must already be in it; checked against the shape and the
+    /// per-channel mean/std.
+    pub fn set_input_layout(&mut self, layout: &str) -> Result<(), ManifestError> {
+        let l: crate::ImageLayout = layout.parse().map_err(|e: crate::layout::LayoutError| {
+            ManifestError::Invalid(format!("input.layout: {e}"))
+        })?;
+        if self.input.shape.len() != 4 {
+            return Err(ManifestError::Invalid(format!(
+                "input.layout: {l} needs a 4-d input; the model's input is {}",
+                shape_string(&self.input.shape)
+            )));
+        }
+        let old = std::mem::replace(&mut self.input.layout, l.to_string());
+        self.validate().inspect_err(|_| self.input.layout = old)
+    }
+
     /// Number of blocks N (cuts are c_0..c_N).
     pub fn num_blocks(&self) -> usize {
         self.cuts.len().saturating_sub(1)
@@ -595,6 +628,16 @@ impl Manifest {
                 pp.mean.len(),
                 pp.std.len()
             ));
+        }
+        if let Some(c) = self.input_channels() {
+            if pp.mean.len() != 1 && pp.mean.len() != c {
+                return bad(format!(
+                    "input.preprocess: {} mean/std values, but the {} input {} has {c} channels; give 1 value (for every channel) or {c}",
+                    pp.mean.len(),
+                    inp.layout,
+                    shape_string(&inp.shape)
+                ));
+            }
         }
         if let Some(i) = pp.std.iter().position(|s| !(s.is_finite() && *s > 0.0)) {
             return bad(format!(
@@ -937,5 +980,31 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("writes the cut tensor `c1`"));
+    }
+
+    #[test]
+    fn image_layouts_are_checked_against_channels() {
+        let mut m = sample();
+        m.input.shape = batch_shape("N", &[3, 4, 4]);
+        m.input.preprocess = Preprocess {
+            mean: vec![0.5, 0.4, 0.3],
+            std: vec![0.2, 0.2, 0.2],
+        };
+        m.validate().unwrap();
+        assert_eq!(m.input_channels(), Some(3));
+        // read as NHWC, [3, 4, 4] has 4 channels: 3 values do not fit
+        let e = m.set_input_layout("nhwc").unwrap_err().to_string();
+        assert!(e.contains("has 4 channels"), "{e}");
+        assert_eq!(m.input.layout, "NCHW", "a rejected layout is not kept");
+        m.input.shape = batch_shape("N", &[4, 4, 3]);
+        m.set_input_layout("NHWC").unwrap();
+        assert_eq!(m.image_layout(), Some(crate::ImageLayout::Nhwc));
+        assert_eq!(m.input_channels(), Some(3));
+        let e = m.set_input_layout("NC").unwrap_err().to_string();
+        assert!(e.contains("input.layout") && e.contains("NHWC"), "{e}");
+        // one mean/std for every channel is fine
+        m.input.preprocess.mean.truncate(1);
+        m.input.preprocess.std.truncate(1);
+        m.validate().unwrap();
     }
 }

@@ -79,6 +79,7 @@ fn load(spec: &str, b: &Bundle, net: &Supernet) -> Result<Dataset> {
     let src: DataSource = spec.parse()?;
     Ok(src.load(
         &net.item_shape,
+        &b.manifest.input.layout,
         &b.manifest.input.preprocess,
         &b.manifest.input.labels,
     )?)
