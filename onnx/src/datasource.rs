@@ -360,12 +360,12 @@ mod tests {
         assert_eq!(nchw.item_shape, vec![3, 8, 6]);
         assert_eq!(nchw.labels.as_deref(), Some(&[0i64, 1][..]));
         // every pixel of the PNG item is its colour, normalised per channel
-        for ch in 0..3 {
-            let want = pre.apply(ch, colours[0][ch]);
+        for (ch, (&png, &jpeg)) in colours[0].iter().zip(&colours[1]).enumerate() {
+            let want = pre.apply(ch, png);
             assert!(nchw.data[ch * 48..(ch + 1) * 48].iter().all(|&v| v == want));
             // the JPEG is lossy: within a few levels
             let got = nchw.data[144 + ch * 48];
-            let want = pre.apply(ch, colours[1][ch]);
+            let want = pre.apply(ch, jpeg);
             assert!(
                 (got - want).abs() < 4.0 / 255.0 / pre.std[ch],
                 "{got} vs {want}"

@@ -499,7 +499,7 @@ fn match_shape(
     if let Some((l, _)) = candidates.iter().find(|(_, item)| fits(item)) {
         return Ok((n, *l));
     }
-    if grey.as_deref().is_some_and(|g| fits(g)) {
+    if grey.as_deref().is_some_and(fits) {
         return Ok((n, own));
     }
     let mut options: Vec<String> = candidates
