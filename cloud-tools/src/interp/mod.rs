@@ -275,8 +275,8 @@ impl Interpreter {
         Ok(outs)
     }
 
-    /// The Relu or Clip node `next` if Conv node `ix` can do its work: the
-    /// conv's output is read by `next` only, is not wanted itself, and
+    /// The Relu or Clip node `next` if Conv or Add node `ix` can do its
+    /// work: `ix`'s output is read by `next` only, is not wanted itself, and
     /// `next`'s bounds are constants. Returns the node and its bounds.
     fn fusable_activation(
         &self,
@@ -293,7 +293,7 @@ impl Interpreter {
             [o] if !o.is_empty() => o.as_str(),
             _ => return None,
         };
-        if node.op_type != "Conv"
+        if !matches!(node.op_type.as_str(), "Conv" | "Add")
             || !default_domain(&node.domain)
             || !matches!(act.op_type.as_str(), "Relu" | "Clip")
             || !default_domain(&act.domain)
@@ -405,8 +405,8 @@ impl Interpreter {
         }
         let keep: HashSet<&str> = wanted.iter().copied().collect();
 
-        // A Conv followed by the Relu/Clip that alone reads it runs as one
-        // fused op; the activation node is then skipped.
+        // A Conv or Add followed by the Relu/Clip that alone reads it runs
+        // as one fused op; the activation node is then skipped.
         let mut done_by_conv: Option<usize> = None;
         for (pos, &ix) in nodes.iter().enumerate() {
             if done_by_conv.take() == Some(ix) {

@@ -50,7 +50,7 @@ pub struct Ctx<'a> {
     /// Which outputs anyone reads (optional outputs that nobody reads need
     /// not be produced).
     pub outputs_needed: Vec<bool>,
-    /// A Relu/Clip fused into this node (Conv only): its output is the
+    /// A Relu/Clip fused into this node (Conv or Add): its output is the
     /// activation's.
     pub activation: Option<Clamp>,
 }
@@ -379,9 +379,21 @@ fn int_binary(a: &IntTensor, b: &IntTensor, op: &str) -> R<IntTensor> {
 fn binary(ctx: &Ctx) -> R<Vec<Value>> {
     let op = ctx.node.op_type.as_str();
     if let (Value::Int(a), Value::Int(b)) = (ctx.input(0)?, ctx.input(1)?) {
-        return one(Value::Int(int_binary(a, b, op)?));
+        let v = Value::Int(int_binary(a, b, op)?);
+        return match ctx.activation {
+            // as the standalone Relu/Clip would: on the values as floats
+            Some(act) => f(apply_clamp(&v.to_float(ctx.device)?, act)?),
+            None => one(v),
+        };
     }
     let (a, b) = (ctx.float(0)?, ctx.float(1)?);
+    if let (Some(act), "Add") = (ctx.activation, op) {
+        // fused by the interpreter: Add then Relu/Clip (a residual join)
+        if a.dims() == b.dims() && a.device().is_cpu() {
+            return f(super::activation::add_clamp(&a, &b, act)?);
+        }
+        return f(apply_clamp(&a.broadcast_add(&b)?, act)?);
+    }
     let t = match op {
         "Add" => a.broadcast_add(&b)?,
         "Sub" => a.broadcast_sub(&b)?,
