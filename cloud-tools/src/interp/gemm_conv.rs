@@ -21,8 +21,9 @@
 use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::activation::clamp_grad;
 use super::activation::{masked, Clamp};
-use super::cpu::{apply_conv, conv_backward, gemm, sum, In, Kernel, Mat};
+use super::cpu::{apply_conv, conv_backward, gemm, sum, In, Kernel, Mat, Op};
 use super::geom::{ConvGeom, Taps};
 
 /// Samples per partial sum of the weight gradient (fixed, not per thread,
@@ -48,6 +49,46 @@ pub fn conv2d(
         );
     }
     apply_conv(x, w, b, o, GemmConv { geom, act })
+}
+
+/// `act(conv(x, w) + b + r)`: the convolution with a residual input `r`
+/// (`[N,O,oh,ow]`) added before the activation, as one op (a ResNet
+/// block's second conv, its shortcut Add and Relu). The weight and bias
+/// travel packed in one tensor (custom ops take three arguments); its
+/// gradient is the weight-then-bias vector the gradient kernel gives.
+pub fn conv2d_residual(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    r: &Tensor,
+    geom: ConvGeom,
+    act: Option<Clamp>,
+) -> Result<Tensor> {
+    let (n, c, _, _) = x.dims4()?;
+    let (o, ci, kh, kw) = w.dims4()?;
+    if ci != c || [kh, kw] != geom.k || r.dims() != [n, o, geom.out[0], geom.out[1]] {
+        candle_core::bail!(
+            "conv: weight {:?} and residual {:?} do not fit input {:?} and kernel {:?}",
+            w.dims(),
+            r.dims(),
+            x.dims(),
+            geom.k
+        );
+    }
+    let b = match b {
+        Some(b) if b.elem_count() == o => b.reshape(o)?,
+        Some(b) => candle_core::bail!("conv: bias {:?} for {o} output channels", b.dims()),
+        None => Tensor::zeros(o, x.dtype(), x.device())?,
+    };
+    let wb = Tensor::cat(&[&w.flatten_all()?, &b], 0)?;
+    x.contiguous()?.apply_op3(
+        &wb,
+        &r.contiguous()?,
+        Op(GemmConvRes {
+            conv: GemmConv { geom, act },
+            w: [o, ci, kh, kw],
+        }),
+    )
 }
 
 /// Shapes of one convolution.
@@ -185,7 +226,7 @@ impl Kernel<3> for GemmConv {
 
     fn run(&self, [x, wk, bias]: [In<'_>; 3]) -> Result<(Vec<f32>, Shape)> {
         let g = &self.geom;
-        let (n, c, h, w) = x.dims4("input")?;
+        let (_, c, _, _) = x.dims4("input")?;
         let (o, ci, kh, kw) = wk.dims4("weight")?;
         if ci != c || [kh, kw] != g.k || bias.dims != [o] {
             candle_core::bail!(
@@ -195,7 +236,39 @@ impl Kernel<3> for GemmConv {
                 x.dims
             );
         }
-        let (x, wk, bias) = (x.data, wk.data, bias.data);
+        self.forward(x, wk.data, o, bias.data, None)
+    }
+
+    fn backward(
+        &self,
+        args: [&Tensor; 3],
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<[Option<Tensor>; 3]> {
+        let (geom, act) = (self.geom, self.act);
+        conv_backward(
+            args,
+            res,
+            grad,
+            |in_hw| InputGrad { geom, in_hw, act },
+            ParamsGrad { geom, act },
+        )
+    }
+}
+
+impl GemmConv {
+    /// `act(W · cols(x[n]) + bias (+ residual[n]))` for every sample.
+    fn forward(
+        &self,
+        x: In<'_>,
+        wk: &[f32],
+        o: usize,
+        bias: &[f32],
+        residual: Option<&[f32]>,
+    ) -> Result<(Vec<f32>, Shape)> {
+        let g = &self.geom;
+        let (n, c, h, w) = x.dims4("input")?;
+        let x = x.data;
         let conv = Conv::new(g, Dims { c, h, w });
         let (k, p) = (conv.k(), conv.p());
         let mut y = vec![0f32; n * o * p];
@@ -205,8 +278,20 @@ impl Kernel<3> for GemmConv {
                 |buf, (b, yn)| {
                     let xn = &x[b * c * h * w..(b + 1) * c * h * w];
                     let cols = conv.cols(xn, buf);
-                    for (row, &bv) in yn.chunks_mut(p).zip(bias) {
-                        row.fill(bv);
+                    match residual {
+                        Some(r) => {
+                            let rn = &r[b * o * p..(b + 1) * o * p];
+                            for ((row, rr), &bv) in yn.chunks_mut(p).zip(rn.chunks(p)).zip(bias) {
+                                for (v, &u) in row.iter_mut().zip(rr) {
+                                    *v = bv + u;
+                                }
+                            }
+                        }
+                        None => {
+                            for (row, &bv) in yn.chunks_mut(p).zip(bias) {
+                                row.fill(bv);
+                            }
+                        }
                     }
                     gemm(
                         o,
@@ -234,21 +319,76 @@ impl Kernel<3> for GemmConv {
         }
         Ok((y, Shape::from((n, o, g.out[0], g.out[1]))))
     }
+}
+
+/// Forward with a residual: `x` `[N,C,H,W]`, weight and bias packed
+/// (`[O·C·kh·kw + O]`), `r` `[N,O,oh,ow]` -> `[N,O,oh,ow]`.
+struct GemmConvRes {
+    conv: GemmConv,
+    /// The weight's dims.
+    w: [usize; 4],
+}
+
+impl Kernel<3> for GemmConvRes {
+    const NAME: &'static str = "adaptivenet-gemm-conv2d-residual";
+
+    fn run(&self, [x, wb, r]: [In<'_>; 3]) -> Result<(Vec<f32>, Shape)> {
+        let (n, c, _, _) = x.dims4("input")?;
+        let [o, ci, kh, kw] = self.w;
+        let g = &self.conv.geom;
+        let nw = o * ci * kh * kw;
+        if ci != c || wb.data.len() != nw + o || r.dims != [n, o, g.out[0], g.out[1]] {
+            candle_core::bail!(
+                "packed weight {:?} and residual {:?} for weight {:?} and input {:?}",
+                wb.dims,
+                r.dims,
+                self.w,
+                x.dims
+            );
+        }
+        let (wk, bias) = wb.data.split_at(nw);
+        self.conv.forward(x, wk, o, bias, Some(r.data))
+    }
 
     fn backward(
         &self,
-        args: [&Tensor; 3],
+        [x, wb, r]: [&Tensor; 3],
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<[Option<Tensor>; 3]> {
-        let (geom, act) = (self.geom, self.act);
-        conv_backward(
-            args,
-            res,
-            grad,
-            |in_hw| InputGrad { geom, in_hw, act },
-            ParamsGrad { geom, act },
-        )
+        let (geom, act) = (self.conv.geom, self.conv.act);
+        let grad_c = grad.contiguous()?;
+        let res_d = res.detach();
+        let gx = if x.track_op() {
+            let (_, _, h, wd) = x.dims4()?;
+            let nw = self.w.iter().product();
+            let w = wb.detach().narrow(0, 0, nw)?.reshape(self.w.to_vec())?;
+            let k = InputGrad {
+                geom,
+                in_hw: [h, wd],
+                act,
+            };
+            Some(grad_c.apply_op3_no_bwd(&w, &res_d, &Op(k))?)
+        } else {
+            None
+        };
+        // the packed parameters' gradient is the weight-then-bias vector
+        // of the gradient kernel
+        let gwb = if wb.track_op() {
+            let k = ParamsGrad { geom, act };
+            Some(x.detach().apply_op3_no_bwd(&grad_c, &res_d, &Op(k))?)
+        } else {
+            None
+        };
+        let gr = if r.track_op() {
+            Some(match act {
+                Some(act) => clamp_grad(res, grad, act)?,
+                None => grad.contiguous()?,
+            })
+        } else {
+            None
+        };
+        Ok([gx, gwb, gr])
     }
 }
 

@@ -479,3 +479,84 @@ fn add_clamp_matches_add_then_clamp() {
     let b = var(&[3, 2], 2);
     assert!(super::activation::add_clamp(a.as_tensor(), b.as_tensor(), RELU).is_err());
 }
+
+/// A conv with a residual input (and Relu, or none) equals candle's conv,
+/// bias, add and relu, values and the gradients of input, weight, bias and
+/// residual (the last one tracked or not).
+#[test]
+fn residual_conv_matches_conv_add_clamp() {
+    for (i, act) in [Some(RELU), None, Some(RELU6)].into_iter().enumerate() {
+        let seed = 1300 + 10 * i as u64;
+        let (n, c, o, h) = (3, 4, 5, 7);
+        let geom = ConvGeom {
+            k: [3, 3],
+            s: [1, 1],
+            d: [1, 1],
+            pad: [1, 1],
+            out: [h, h],
+        };
+        let x = var(&[n, c, h, h], seed);
+        let w = var(&[o, c, 3, 3], seed + 1);
+        let b = var(&[o], seed + 2);
+        let r = var(&[n, o, h, h], seed + 3);
+        let y1 = gemm_conv::conv2d_residual(
+            x.as_tensor(),
+            w.as_tensor(),
+            Some(b.as_tensor()),
+            r.as_tensor(),
+            geom,
+            act,
+        )
+        .unwrap();
+        let mut y2 = x
+            .as_tensor()
+            .conv2d(w.as_tensor(), 1, 1, 1, 1)
+            .unwrap()
+            .broadcast_add(&b.as_tensor().reshape((1, o, 1, 1)).unwrap())
+            .unwrap()
+            .add(r.as_tensor())
+            .unwrap();
+        if let Some(act) = act {
+            y2 = y2.relu().unwrap();
+            if let Some(hi) = act.hi {
+                y2 = y2.minimum(hi).unwrap();
+            }
+        }
+        let d = max_abs_diff(&y1, &y2);
+        assert!(d < 1e-5 * max_abs(&y2), "{act:?}: values differ by {d}");
+        let rr =
+            Tensor::from_vec(rand_vec(y1.elem_count(), seed + 4), y1.dims(), &Device::Cpu).unwrap();
+        let g1 = (&y1 * &rr).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (&y2 * &rr).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, v) in [("x", &x), ("w", &w), ("b", &b), ("r", &r)] {
+            let got = g1.get(v.as_tensor()).expect("gradient of the kernel");
+            let want = g2.get(v.as_tensor()).expect("reference gradient");
+            let d = max_abs_diff(got, want);
+            assert!(
+                d < 1e-5 * max_abs(want),
+                "{act:?}: gradient of {name} differs by {d}"
+            );
+        }
+    }
+    // an untracked residual (a fed cut tensor) gets no gradient
+    let x = var(&[2, 3, 5, 5], 1);
+    let w = var(&[3, 3, 1, 1], 2);
+    let r = Tensor::from_vec(rand_vec(75, 3), (2, 3, 5, 5), &Device::Cpu).unwrap();
+    let geom = ConvGeom {
+        k: [1, 1],
+        s: [1, 1],
+        d: [1, 1],
+        pad: [0, 0],
+        out: [5, 5],
+    };
+    let y = gemm_conv::conv2d_residual(x.as_tensor(), w.as_tensor(), None, &r, geom, Some(RELU))
+        .unwrap();
+    let g = y.sum_all().unwrap().backward().unwrap();
+    assert!(g.get(&r).is_none());
+    assert!(g.get(w.as_tensor()).is_some());
+    // a residual of the wrong shape is an error
+    let bad = Tensor::zeros((2, 3, 4, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+    assert!(
+        gemm_conv::conv2d_residual(x.as_tensor(), w.as_tensor(), None, &bad, geom, None).is_err()
+    );
+}
