@@ -14,7 +14,7 @@
 use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{In, Kernel, Op};
+use super::cpu::{par_output, In, Kernel, Op};
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
@@ -174,10 +174,16 @@ impl Kernel<2> for ClampGrad {
         }
         let dims = y.dims;
         let (y, g) = (y.data, g.data);
-        let mut gx = vec![0f32; g.len()];
-        gx.par_chunks_mut(CHUNK)
-            .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(o, (y, g))| self.0.mask_into(y, g, o));
+        let gx = par_output(
+            g.len(),
+            CHUNK,
+            || (),
+            |_, i, o| {
+                let at = i * CHUNK..i * CHUNK + o.len();
+                self.0.mask_into(&y[at.clone()], &g[at], o);
+                Ok(())
+            },
+        )?;
         Ok((gx, Shape::from(dims)))
     }
 }

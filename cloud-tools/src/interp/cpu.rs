@@ -6,7 +6,10 @@
 //! [`conv_backward`]); a single-threaded GEMM on slices (the kernels
 //! parallelise over samples themselves) and a vectorisable sum.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 /// The f32 data of a contiguous CPU tensor.
 pub(super) fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -212,6 +215,39 @@ pub(super) fn conv_backward<I: Kernel<3>, W: Kernel<3>>(
         }
     }
     Ok([gx, gw, gb])
+}
+
+/// A kernel output of `len` floats, computed in parallel by pieces of
+/// `chunk` (a sample, a plane): `f(state, i, piece)` gets the `i`-th piece
+/// zeroed, with per-task `state` from `init`. Each piece is zeroed right
+/// before `f` fills it, in cache; `vec![0.0; len]` would zero the whole
+/// output first, one more pass over memory (on one thread).
+pub(super) fn par_output<S>(
+    len: usize,
+    chunk: usize,
+    init: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, usize, &mut [f32]) -> Result<()> + Sync + Send,
+) -> Result<Vec<f32>> {
+    if len == 0 || chunk == 0 {
+        return Ok(vec![0f32; len]);
+    }
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk)
+        .enumerate()
+        .try_for_each_init(init, |state, (i, piece)| {
+            for e in piece.iter_mut() {
+                e.write(0.0);
+            }
+            // SAFETY: every element of `piece` was initialised just above,
+            // and `MaybeUninit<f32>` has the layout of `f32`.
+            let piece = unsafe { &mut *(piece as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            f(state, i, piece)
+        })?;
+    // SAFETY: the pieces cover `0..len` (capacity >= len) and every one was
+    // initialised (an error returned above, before this).
+    unsafe { v.set_len(len) };
+    Ok(v)
 }
 
 /// The sum of `a` in 8 interleaved partial sums (a plain `iter().sum()`

@@ -24,7 +24,7 @@ use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::activation::{masked, Clamp};
-use super::cpu::{apply_conv, conv_backward, sum, In, Kernel};
+use super::cpu::{apply_conv, conv_backward, par_output, sum, In, Kernel};
 use super::geom::ConvGeom;
 
 /// Depthwise convolution of `x` `[N,C,H,W]` with `w` `[C,1,kh,kw]` plus
@@ -261,20 +261,20 @@ impl Kernel<3> for DwConv {
         let (oh, ow) = (g.out[0], g.out[1]);
         let ph = Phases::new(g, h, w);
         let kk = g.taps();
-        let mut y = vec![0f32; n * c * oh * ow];
-        if oh * ow > 0 {
-            y.par_chunks_mut(oh * ow).enumerate().for_each_init(
-                || (vec![0f32; ph.len()], vec![0f32; ph.ext_len()]),
-                |(p, ext), (pl, yp)| {
-                    let ch = pl % c;
-                    ph.split(&x[pl * h * w..(pl + 1) * h * w], p);
-                    ph.forward(p, &wk[ch * kk..(ch + 1) * kk], bias[ch], ext, yp);
-                    if let Some(act) = &self.act {
-                        act.apply_slice(yp);
-                    }
-                },
-            );
-        }
+        let y = par_output(
+            n * c * oh * ow,
+            oh * ow,
+            || (vec![0f32; ph.len()], vec![0f32; ph.ext_len()]),
+            |(p, ext), pl, yp| {
+                let ch = pl % c;
+                ph.split(&x[pl * h * w..(pl + 1) * h * w], p);
+                ph.forward(p, &wk[ch * kk..(ch + 1) * kk], bias[ch], ext, yp);
+                if let Some(act) = &self.act {
+                    act.apply_slice(yp);
+                }
+                Ok(())
+            },
+        )?;
         Ok((y, Shape::from((n, c, oh, ow))))
     }
 
@@ -321,25 +321,25 @@ impl Kernel<3> for DwInputGrad {
         let [h, w] = self.in_hw;
         let ph = Phases::new(g, h, w);
         let kk = g.taps();
-        let mut gx = vec![0f32; n * c * h * w];
-        if h * w > 0 {
-            gx.par_chunks_mut(h * w).enumerate().for_each_init(
-                || {
-                    (
-                        vec![0f32; ph.len()],
-                        vec![0f32; ph.ext_len()],
-                        vec![0f32; oh * ow],
-                    )
-                },
-                |(gp, ext, mbuf), (pl, gxp)| {
-                    let ch = pl % c;
-                    let at = pl * oh * ow..(pl + 1) * oh * ow;
-                    ph.to_ext(masked(self.act, &res[at.clone()], &gy[at], mbuf), ext);
-                    ph.input_grad(ext, &wk[ch * kk..(ch + 1) * kk], gp);
-                    ph.unsplit(gp, gxp);
-                },
-            );
-        }
+        let gx = par_output(
+            n * c * h * w,
+            h * w,
+            || {
+                (
+                    vec![0f32; ph.len()],
+                    vec![0f32; ph.ext_len()],
+                    vec![0f32; oh * ow],
+                )
+            },
+            |(gp, ext, mbuf), pl, gxp| {
+                let ch = pl % c;
+                let at = pl * oh * ow..(pl + 1) * oh * ow;
+                ph.to_ext(masked(self.act, &res[at.clone()], &gy[at], mbuf), ext);
+                ph.input_grad(ext, &wk[ch * kk..(ch + 1) * kk], gp);
+                ph.unsplit(gp, gxp);
+                Ok(())
+            },
+        )?;
         Ok((gx, Shape::from((n, c, h, w))))
     }
 }

@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use super::activation::clamp_grad;
 use super::activation::{masked, Clamp};
-use super::cpu::{apply_conv, conv_backward, gemm, sum, In, Kernel, Mat, Op};
+use super::cpu::{apply_conv, conv_backward, gemm, par_output, sum, In, Kernel, Mat, Op};
 use super::geom::{ConvGeom, Taps};
 
 /// Samples per partial sum of the weight gradient (fixed, not per thread,
@@ -271,52 +271,51 @@ impl GemmConv {
         let x = x.data;
         let conv = Conv::new(g, Dims { c, h, w });
         let (k, p) = (conv.k(), conv.p());
-        let mut y = vec![0f32; n * o * p];
-        if o * p > 0 {
-            y.par_chunks_mut(o * p).enumerate().try_for_each_init(
-                || conv.scratch(),
-                |buf, (b, yn)| {
-                    let xn = &x[b * c * h * w..(b + 1) * c * h * w];
-                    let cols = conv.cols(xn, buf);
-                    match residual {
-                        Some(r) => {
-                            let rn = &r[b * o * p..(b + 1) * o * p];
-                            for ((row, rr), &bv) in yn.chunks_mut(p).zip(rn.chunks(p)).zip(bias) {
-                                for (v, &u) in row.iter_mut().zip(rr) {
-                                    *v = bv + u;
-                                }
-                            }
-                        }
-                        None => {
-                            for (row, &bv) in yn.chunks_mut(p).zip(bias) {
-                                row.fill(bv);
+        let y = par_output(
+            n * o * p,
+            o * p,
+            || conv.scratch(),
+            |buf, b, yn| {
+                let xn = &x[b * c * h * w..(b + 1) * c * h * w];
+                let cols = conv.cols(xn, buf);
+                match residual {
+                    Some(r) => {
+                        let rn = &r[b * o * p..(b + 1) * o * p];
+                        for ((row, rr), &bv) in yn.chunks_mut(p).zip(rn.chunks(p)).zip(bias) {
+                            for (v, &u) in row.iter_mut().zip(rr) {
+                                *v = bv + u;
                             }
                         }
                     }
-                    gemm(
-                        o,
-                        p,
-                        k,
-                        yn,
-                        true,
-                        Mat {
-                            data: wk,
-                            rs: k,
-                            cs: 1,
-                        },
-                        Mat {
-                            data: cols,
-                            rs: p,
-                            cs: 1,
-                        },
-                    )?;
-                    if let Some(act) = &self.act {
-                        act.apply_slice(yn);
+                    None => {
+                        for (row, &bv) in yn.chunks_mut(p).zip(bias) {
+                            row.fill(bv);
+                        }
                     }
-                    Ok::<(), candle_core::Error>(())
-                },
-            )?;
-        }
+                }
+                gemm(
+                    o,
+                    p,
+                    k,
+                    yn,
+                    true,
+                    Mat {
+                        data: wk,
+                        rs: k,
+                        cs: 1,
+                    },
+                    Mat {
+                        data: cols,
+                        rs: p,
+                        cs: 1,
+                    },
+                )?;
+                if let Some(act) = &self.act {
+                    act.apply_slice(yn);
+                }
+                Ok(())
+            },
+        )?;
         Ok((y, Shape::from((n, o, g.out[0], g.out[1]))))
     }
 }
@@ -428,33 +427,32 @@ impl Kernel<3> for InputGrad {
         }
         let conv = Conv::new(g, Dims { c, h, w });
         let (k, p) = (conv.k(), conv.p());
-        let mut gx = vec![0f32; n * c * h * w];
-        if c * h * w > 0 {
-            gx.par_chunks_mut(c * h * w).enumerate().try_for_each_init(
-                || (conv.scratch(), self.mask_scratch(o * p)),
-                |(buf, mbuf), (b, gxn)| {
-                    let at = b * o * p..(b + 1) * o * p;
-                    let gn = masked(self.act, &res[at.clone()], &gy[at], mbuf);
-                    let wt = Mat {
-                        data: wk,
-                        rs: 1,
-                        cs: k,
-                    };
-                    let gm = Mat {
-                        data: gn,
-                        rs: p,
-                        cs: 1,
-                    };
-                    if conv.pointwise {
-                        gemm(k, p, o, gxn, false, wt, gm)
-                    } else {
-                        gemm(k, p, o, buf, false, wt, gm)?;
-                        conv.col2im(buf, gxn);
-                        Ok(())
-                    }
-                },
-            )?;
-        }
+        let gx = par_output(
+            n * c * h * w,
+            c * h * w,
+            || (conv.scratch(), self.mask_scratch(o * p)),
+            |(buf, mbuf), b, gxn| {
+                let at = b * o * p..(b + 1) * o * p;
+                let gn = masked(self.act, &res[at.clone()], &gy[at], mbuf);
+                let wt = Mat {
+                    data: wk,
+                    rs: 1,
+                    cs: k,
+                };
+                let gm = Mat {
+                    data: gn,
+                    rs: p,
+                    cs: 1,
+                };
+                if conv.pointwise {
+                    gemm(k, p, o, gxn, false, wt, gm)
+                } else {
+                    gemm(k, p, o, buf, false, wt, gm)?;
+                    conv.col2im(buf, gxn);
+                    Ok(())
+                }
+            },
+        )?;
         Ok((gx, Shape::from((n, c, h, w))))
     }
 }
@@ -525,41 +523,39 @@ impl TransposedGrad {
         let [oh, ow] = self.out_hw;
         let conv = Conv::new(g, Dims { c: o, h: oh, w: ow });
         let (k, p) = (conv.k(), conv.p());
-        let mut gx = vec![0f32; n * c * p];
-        if c * p > 0 {
-            let len = o * oh * ow;
-            gx.par_chunks_mut(c * p).enumerate().try_for_each_init(
-                || {
-                    (
-                        conv.scratch(),
-                        vec![0f32; if act.is_some() { len } else { 0 }],
-                    )
-                },
-                |(buf, mbuf), (b, gxn)| {
-                    let at = b * len..(b + 1) * len;
-                    let gn = masked(act, &res[at.clone()], &gy[at], mbuf);
-                    let cols = conv.cols(gn, buf);
-                    gemm(
-                        c,
-                        p,
-                        k,
-                        gxn,
-                        false,
-                        Mat {
-                            data: &wt,
-                            rs: k,
-                            cs: 1,
-                        },
-                        Mat {
-                            data: cols,
-                            rs: p,
-                            cs: 1,
-                        },
-                    )
-                },
-            )?;
-        }
-        Ok(gx)
+        let len = o * oh * ow;
+        par_output(
+            n * c * p,
+            c * p,
+            || {
+                (
+                    conv.scratch(),
+                    vec![0f32; if act.is_some() { len } else { 0 }],
+                )
+            },
+            |(buf, mbuf), b, gxn| {
+                let at = b * len..(b + 1) * len;
+                let gn = masked(act, &res[at.clone()], &gy[at], mbuf);
+                let cols = conv.cols(gn, buf);
+                gemm(
+                    c,
+                    p,
+                    k,
+                    gxn,
+                    false,
+                    Mat {
+                        data: &wt,
+                        rs: k,
+                        cs: 1,
+                    },
+                    Mat {
+                        data: cols,
+                        rs: p,
+                        cs: 1,
+                    },
+                )
+            },
+        )
     }
 }
 
