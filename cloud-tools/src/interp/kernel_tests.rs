@@ -541,7 +541,7 @@ fn residual_conv_matches_conv_add_clamp() {
     // an untracked residual (a fed cut tensor) gets no gradient
     let x = var(&[2, 3, 5, 5], 1);
     let w = var(&[3, 3, 1, 1], 2);
-    let r = Tensor::from_vec(rand_vec(75, 3), (2, 3, 5, 5), &Device::Cpu).unwrap();
+    let r = Tensor::from_vec(rand_vec(150, 3), (2, 3, 5, 5), &Device::Cpu).unwrap();
     let geom = ConvGeom {
         k: [1, 1],
         s: [1, 1],
