@@ -70,6 +70,9 @@ fn node_label(node: &NodeProto, ix: usize) -> String {
     }
 }
 
+/// A Relu/Clip node fused into the node before it, and its bounds.
+type FusedClamp = (usize, activation::Clamp);
+
 /// What a node's evaluation takes over from the nodes after it.
 #[derive(Default)]
 struct Fused {
@@ -347,7 +350,7 @@ impl Interpreter {
         uses: &HashMap<&str, usize>,
         keep: &HashSet<&str>,
         available: impl Fn(&str) -> bool,
-    ) -> Option<(usize, &'g str, Option<(usize, activation::Clamp)>)> {
+    ) -> Option<(usize, &'g str, Option<FusedClamp>)> {
         let default_domain = |d: &str| d.is_empty() || d == "ai.onnx";
         let node = &self.graph.node[ix];
         let jx = next?;
