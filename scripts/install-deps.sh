@@ -34,6 +34,10 @@ command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 command -v chromium >/dev/null || need_apt+=(chromium)
 # python3-yaml: the sharded-elastify test parses deploy/k8s/*.yaml with it.
 python3 -c "import yaml" 2>/dev/null || need_apt+=(python3-yaml)
+# python3-torch, python3-onnx: bench-train's PyTorch side (Debian's
+# /usr/bin/python3 rebuilds the branch from the ONNX file and trains it).
+/usr/bin/python3 -c "import torch" 2>/dev/null || need_apt+=(python3-torch)
+/usr/bin/python3 -c "import onnx" 2>/dev/null || need_apt+=(python3-onnx)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null

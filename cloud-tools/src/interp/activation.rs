@@ -11,10 +11,10 @@
 //! backward; only exact ties (`x == lo` or `x == hi`) differ from candle's
 //! `relu` (1 at 0) and `minimum` (1/2 at a tie).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::slice;
+use super::cpu::{par_output, In, Kernel, Op};
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
@@ -39,23 +39,101 @@ impl Clamp {
         }
     }
 
-    /// Clamp every element in place.
+    /// Clamp every element in place (as [`Clamp::apply`], branch-free).
     pub fn apply_slice(&self, v: &mut [f32]) {
+        let (lo, hi) = self.open_range();
         for a in v {
-            *a = self.apply(*a);
+            let x = if *a < lo { lo } else { *a };
+            *a = if x > hi { hi } else { x };
         }
     }
 
-    /// Whether the gradient passes at output value `y`.
+    /// The open interval where the gradient passes (a missing bound is
+    /// infinite), as plain floats so the mask loops vectorise.
     #[inline]
-    fn passes(&self, y: f32) -> bool {
-        self.lo.is_none_or(|lo| y > lo) && self.hi.is_none_or(|hi| y < hi)
+    fn open_range(&self) -> (f32, f32) {
+        (
+            self.lo.unwrap_or(f32::NEG_INFINITY),
+            self.hi.unwrap_or(f32::INFINITY),
+        )
+    }
+
+    /// `out[i]` = `g[i]` where the output `y[i]` passed the clamp, else 0.
+    pub fn mask_into(&self, y: &[f32], g: &[f32], out: &mut [f32]) {
+        let (lo, hi) = self.open_range();
+        for ((o, &yv), &gv) in out.iter_mut().zip(y).zip(g) {
+            *o = if yv > lo && yv < hi { gv } else { 0.0 };
+        }
+    }
+}
+
+/// The gradient `g` of one sample or plane of a clamp's output `y` as the
+/// kernels use it: `g` itself without `act`, else masked into `buf`.
+pub(super) fn masked<'a>(
+    act: Option<Clamp>,
+    y: &[f32],
+    g: &'a [f32],
+    buf: &'a mut [f32],
+) -> &'a [f32] {
+    match act {
+        None => g,
+        Some(act) => {
+            let out = &mut buf[..g.len()];
+            act.mask_into(y, g, out);
+            out
+        }
+    }
+}
+
+/// `a + b` (same shape) clamped by `act`, as one op whose backward passes
+/// the masked gradient to whichever of `a` and `b` is tracked (the residual
+/// Add and Relu ending a ResNet block; candle's add and relu would each
+/// keep a full-size tensor and build several more backward).
+pub fn add_clamp(a: &Tensor, b: &Tensor, act: Clamp) -> Result<Tensor> {
+    if a.dims() != b.dims() {
+        candle_core::bail!("add+clamp: {:?} and {:?} differ", a.dims(), b.dims());
+    }
+    a.contiguous()?
+        .apply_op2(&b.contiguous()?, Op(AddClamp(act)))
+}
+
+/// `(a, b)` -> `clamp(a + b)`.
+struct AddClamp(Clamp);
+
+impl Kernel<2> for AddClamp {
+    const NAME: &'static str = "adaptivenet-add-clamp";
+
+    fn run(&self, [a, b]: [In<'_>; 2]) -> Result<(Vec<f32>, Shape)> {
+        if a.dims != b.dims {
+            candle_core::bail!("{:?} and {:?} differ", a.dims, b.dims);
+        }
+        let mut y = Vec::with_capacity(a.data.len());
+        a.data
+            .par_iter()
+            .zip(b.data.par_iter())
+            .with_min_len(CHUNK)
+            .map(|(&u, &v)| self.0.apply(u + v))
+            .collect_into_vec(&mut y);
+        Ok((y, Shape::from(a.dims)))
+    }
+
+    fn backward(
+        &self,
+        [a, b]: [&Tensor; 2],
+        y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<[Option<Tensor>; 2]> {
+        if !(a.track_op() || b.track_op()) {
+            return Ok([None, None]);
+        }
+        let g = clamp_grad(y, grad, self.0)?;
+        Ok([a.track_op().then(|| g.clone()), b.track_op().then_some(g)])
     }
 }
 
 /// `x` clamped to `[lo, hi]`, with its gradient.
 pub fn clamp(x: &Tensor, act: Clamp) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(act)
+    x.contiguous()?.apply_op1(Op(act))
 }
 
 /// The gradient before a clamp whose output is `y`: `grad` where `y` is
@@ -63,59 +141,49 @@ pub fn clamp(x: &Tensor, act: Clamp) -> Result<Tensor> {
 pub fn clamp_grad(y: &Tensor, grad: &Tensor, act: Clamp) -> Result<Tensor> {
     y.detach()
         .contiguous()?
-        .apply_op2_no_bwd(&grad.contiguous()?, &ClampGrad(act))
+        .apply_op2_no_bwd(&grad.contiguous()?, &Op(ClampGrad(act)))
 }
 
-impl CustomOp1 for Clamp {
-    fn name(&self) -> &'static str {
-        "adaptivenet-clamp"
-    }
+impl Kernel<1> for Clamp {
+    const NAME: &'static str = "adaptivenet-clamp";
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l, "input")?;
-        let mut y = Vec::with_capacity(x.len());
-        x.par_iter()
+    fn run(&self, [x]: [In<'_>; 1]) -> Result<(Vec<f32>, Shape)> {
+        let mut y = Vec::with_capacity(x.data.len());
+        x.data
+            .par_iter()
             .with_min_len(CHUNK)
             .map(|&v| self.apply(v))
             .collect_into_vec(&mut y);
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        Ok((y, Shape::from(x.dims)))
     }
 
-    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(clamp_grad(y, grad, *self)?))
+    fn backward(&self, _x: [&Tensor; 1], y: &Tensor, grad: &Tensor) -> Result<[Option<Tensor>; 1]> {
+        Ok([Some(clamp_grad(y, grad, *self)?)])
     }
 }
 
 /// `(y, grad)` -> `grad` where `y` passed the clamp, 0 elsewhere.
 struct ClampGrad(Clamp);
 
-impl CustomOp2 for ClampGrad {
-    fn name(&self) -> &'static str {
-        "adaptivenet-clamp-grad"
-    }
+impl Kernel<2> for ClampGrad {
+    const NAME: &'static str = "adaptivenet-clamp-grad";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let y = slice(s1, l1, "output")?;
-        let g = slice(s2, l2, "gradient")?;
-        if y.len() != g.len() {
-            candle_core::bail!(
-                "clamp grad: gradient {:?} for output {:?}",
-                l2.dims(),
-                l1.dims()
-            );
+    fn run(&self, [y, g]: [In<'_>; 2]) -> Result<(Vec<f32>, Shape)> {
+        if y.dims != g.dims {
+            candle_core::bail!("gradient {:?} for output {:?}", g.dims, y.dims);
         }
-        let mut gx = Vec::with_capacity(g.len());
-        y.par_iter()
-            .zip(g.par_iter())
-            .with_min_len(CHUNK)
-            .map(|(&yv, &gv)| if self.0.passes(yv) { gv } else { 0.0 })
-            .collect_into_vec(&mut gx);
-        Ok((CpuStorage::F32(gx), l1.shape().clone()))
+        let dims = y.dims;
+        let (y, g) = (y.data, g.data);
+        let gx = par_output(
+            g.len(),
+            CHUNK,
+            || (),
+            |_, i, o| {
+                let at = i * CHUNK..i * CHUNK + o.len();
+                self.0.mask_into(&y[at.clone()], &g[at], o);
+                Ok(())
+            },
+        )?;
+        Ok((gx, Shape::from(dims)))
     }
 }

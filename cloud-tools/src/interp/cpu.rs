@@ -1,10 +1,14 @@
-//! CPU helpers shared by the convolution kernels (`gemm_conv`,
-//! `depthwise`) and the activations: f32 access to contiguous candle
-//! storage, a single-threaded GEMM on slices (the kernels parallelise over
-//! samples themselves), and the per-channel bias (absent bias as zeros, its
-//! gradient in one pass).
+//! CPU plumbing shared by the convolution kernels (`gemm_conv`,
+//! `depthwise`) and the activations: [`Kernel`], a kernel on contiguous
+//! f32 slices, and [`Op`], which makes one a candle custom op (storage
+//! checks, output storage, backward); the entry and the shared backward of
+//! a convolution with fused bias and activation ([`apply_conv`],
+//! [`conv_backward`]); a single-threaded GEMM on slices (the kernels
+//! parallelise over samples themselves) and a vectorisable sum.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use std::mem::MaybeUninit;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// The f32 data of a contiguous CPU tensor.
@@ -21,28 +25,234 @@ pub(super) fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a
         .ok_or_else(|| candle_core::Error::Msg(format!("CPU kernel: {what} out of bounds")))
 }
 
-/// The bias as a contiguous `[o]` tensor (zeros, untracked, when absent).
-pub(super) fn bias_or_zeros(b: Option<&Tensor>, o: usize, like: &Tensor) -> Result<Tensor> {
-    match b {
+/// One input of a [`Kernel`]: contiguous f32 data and its dims.
+#[derive(Clone, Copy)]
+pub(super) struct In<'a> {
+    pub data: &'a [f32],
+    pub dims: &'a [usize],
+}
+
+impl In<'_> {
+    /// The dims of a 4-D input, or an error naming `what`.
+    pub fn dims4(&self, what: &str) -> Result<(usize, usize, usize, usize)> {
+        match *self.dims {
+            [a, b, c, d] => Ok((a, b, c, d)),
+            _ => candle_core::bail!("CPU kernel: {what} {:?} is not 4-D", self.dims),
+        }
+    }
+}
+
+/// A CPU kernel on `N` contiguous f32 tensors that gives one f32 tensor.
+/// Wrapped in [`Op`] it is a candle custom op of arity `N`.
+pub(super) trait Kernel<const N: usize>: Send + Sync + 'static {
+    /// The op's name in candle's graph.
+    const NAME: &'static str;
+    /// The output data and shape. `inputs[i]` is the `i`-th argument.
+    fn run(&self, inputs: [In<'_>; N]) -> Result<(Vec<f32>, Shape)>;
+    /// Gradients of the arguments, given the output `res` and its
+    /// gradient. By default the op has no backward (an error if needed).
+    fn backward(
+        &self,
+        _args: [&Tensor; N],
+        _res: &Tensor,
+        _grad: &Tensor,
+    ) -> Result<[Option<Tensor>; N]> {
+        Err(candle_core::Error::BackwardNotSupported { op: Self::NAME })
+    }
+}
+
+/// A [`Kernel`] as a candle custom op.
+pub(super) struct Op<K>(pub K);
+
+const ARG_NAMES: [&str; 3] = ["first argument", "second argument", "third argument"];
+
+impl<K> Op<K> {
+    fn run<const N: usize>(&self, args: [(&CpuStorage, &Layout); N]) -> Result<(CpuStorage, Shape)>
+    where
+        K: Kernel<N>,
+    {
+        let mut inputs = [In {
+            data: &[],
+            dims: &[],
+        }; N];
+        for (i, (s, l)) in args.into_iter().enumerate() {
+            inputs[i] = In {
+                data: slice(s, l, ARG_NAMES[i.min(2)])?,
+                dims: l.dims(),
+            };
+        }
+        let (v, shape) = self.0.run(inputs).map_err(|e| e.context(K::NAME))?;
+        Ok((CpuStorage::F32(v), shape))
+    }
+}
+
+impl<K: Kernel<1>> CustomOp1 for Op<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run([(s, l)])
+    }
+
+    fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let [g] = self.0.backward([x], res, grad)?;
+        Ok(g)
+    }
+}
+
+impl<K: Kernel<2>> CustomOp2 for Op<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run([(s1, l1), (s2, l2)])
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let [ga, gb] = self.0.backward([a, b], res, grad)?;
+        Ok((ga, gb))
+    }
+}
+
+impl<K: Kernel<3>> CustomOp3 for Op<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run([(s1, l1), (s2, l2), (s3, l3)])
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let [ga, gb, gc] = self.0.backward([a, b, c], res, grad)?;
+        Ok((ga, gb, gc))
+    }
+}
+
+/// `x` convolved with `w` by `kernel` (a `Kernel<3>` on input, weight and
+/// bias): the bias as a contiguous `[o]` tensor (zeros, untracked, when
+/// absent), input and weight made contiguous.
+pub(super) fn apply_conv<K: Kernel<3>>(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    o: usize,
+    kernel: K,
+) -> Result<Tensor> {
+    let b = match b {
         Some(b) => {
             if b.elem_count() != o {
                 candle_core::bail!("conv: bias {:?} for {o} output channels", b.dims());
             }
-            b.reshape(o)?.contiguous()
+            b.reshape(o)?.contiguous()?
         }
-        None => Tensor::zeros(o, like.dtype(), like.device()),
-    }
+        None => Tensor::zeros(o, x.dtype(), x.device())?,
+    };
+    x.contiguous()?.apply_op3(&w.contiguous()?, &b, Op(kernel))
 }
 
-/// Gradient of a per-channel bias: `grad` `[N,O,...]` summed over all but
-/// the channel axis, shaped like `b`.
-pub(super) fn bias_grad(grad: &Tensor, b: &Tensor) -> Result<Tensor> {
-    grad.apply_op1_no_bwd(&BiasGrad)?.reshape(b.shape())
+/// The backward of a convolution kernel with fused bias and activation
+/// `act`. The kernels take the output gradient as it arrives with the
+/// output `res` and apply `act`'s mask themselves, sample by sample while
+/// it is in cache (no masked full-size gradient is built): the input
+/// gradient by `input_grad(in_hw)` on (gradient, weight, output), the
+/// weight and bias gradients together by `params_grad` on (input,
+/// gradient, output), as one `[w.len() + o]` vector split here. Only the
+/// tracked arguments get a gradient.
+pub(super) fn conv_backward<I: Kernel<3>, W: Kernel<3>>(
+    [x, w, b]: [&Tensor; 3],
+    res: &Tensor,
+    grad: &Tensor,
+    input_grad: impl FnOnce([usize; 2]) -> I,
+    params_grad: W,
+) -> Result<[Option<Tensor>; 3]> {
+    let grad = grad.contiguous()?;
+    let res = res.detach();
+    let gx = if x.track_op() {
+        let (_, _, h, wd) = x.dims4()?;
+        Some(grad.apply_op3_no_bwd(&w.detach(), &res, &Op(input_grad([h, wd])))?)
+    } else {
+        None
+    };
+    let (mut gw, mut gb) = (None, None);
+    if w.track_op() || b.track_op() {
+        let both = x.detach().apply_op3_no_bwd(&grad, &res, &Op(params_grad))?;
+        let nw = w.elem_count();
+        if w.track_op() {
+            gw = Some(both.narrow(0, 0, nw)?.reshape(w.shape())?);
+        }
+        if b.track_op() {
+            gb = Some(both.narrow(0, nw, b.elem_count())?.reshape(b.shape())?);
+        }
+    }
+    Ok([gx, gw, gb])
+}
+
+/// A kernel output of `len` floats, computed in parallel by pieces of
+/// `chunk` (a sample, a plane): `f(state, i, piece)` gets the `i`-th piece
+/// zeroed, with per-task `state` from `init`. Each piece is zeroed right
+/// before `f` fills it, in cache; `vec![0.0; len]` would zero the whole
+/// output first, one more pass over memory (on one thread).
+pub(super) fn par_output<S>(
+    len: usize,
+    chunk: usize,
+    init: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, usize, &mut [f32]) -> Result<()> + Sync + Send,
+) -> Result<Vec<f32>> {
+    if len == 0 || chunk == 0 {
+        return Ok(vec![0f32; len]);
+    }
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk)
+        .enumerate()
+        .try_for_each_init(init, |state, (i, piece)| {
+            for e in piece.iter_mut() {
+                e.write(0.0);
+            }
+            // SAFETY: every element of `piece` was initialised just above,
+            // and `MaybeUninit<f32>` has the layout of `f32`.
+            let piece = unsafe { &mut *(piece as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            f(state, i, piece)
+        })?;
+    // SAFETY: the pieces cover `0..len` (capacity >= len) and every one was
+    // initialised (an error returned above, before this).
+    unsafe { v.set_len(len) };
+    Ok(v)
 }
 
 /// The sum of `a` in 8 interleaved partial sums (a plain `iter().sum()`
 /// is one dependent chain of adds: latency-bound, never vectorised).
-fn sum(a: &[f32]) -> f32 {
+pub(super) fn sum(a: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = a.chunks_exact(8);
     let rest: f32 = chunks.remainder().iter().sum();
@@ -52,32 +262,6 @@ fn sum(a: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + rest
-}
-
-/// `[N,O,...]` -> `[O]`: the sum over samples and positions per channel.
-struct BiasGrad;
-
-impl CustomOp1 for BiasGrad {
-    fn name(&self) -> &'static str {
-        "adaptivenet-conv-bias-grad"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dims = l.dims();
-        if dims.len() < 2 {
-            candle_core::bail!("conv bias grad: gradient {dims:?} has no channel axis");
-        }
-        let (n, o) = (dims[0], dims[1]);
-        let p: usize = dims[2..].iter().product();
-        let g = slice(s, l, "output gradient")?;
-        let mut gb = vec![0f32; o];
-        gb.par_iter_mut().enumerate().for_each(|(ch, acc)| {
-            *acc = (0..n)
-                .map(|b| sum(&g[(b * o + ch) * p..(b * o + ch + 1) * p]))
-                .sum();
-        });
-        Ok((CpuStorage::F32(gb), Shape::from(o)))
-    }
 }
 
 /// A row-major view of a matrix inside a slice: element (i, j) is at

@@ -1,6 +1,7 @@
 //! Geometry of a 2-D convolution window on one NCHW plane: for each kernel
 //! tap, which output rows and columns read which input rows and columns.
-//! Shared by the CPU convolution kernels (`depthwise`, `gemm_conv`), which
+//! [`ConvGeom`] is shared by the CPU convolution kernels (`depthwise`,
+//! `gemm_conv`); [`Taps`] serves `gemm_conv`'s im2col and col2im, which
 //! then only loop over valid ranges: padding is never materialised.
 
 /// Geometry of a 2-D convolution (or of its gradients).
@@ -80,8 +81,6 @@ pub struct Taps {
     /// Column stride.
     pub sw: usize,
     sh: usize,
-    w: usize,
-    ow: usize,
 }
 
 impl Taps {
@@ -91,21 +90,6 @@ impl Taps {
             cols: spans(w, g.out[1], g.k[1], g.s[1], g.d[1], g.pad[1]),
             sh: g.s[0],
             sw: g.s[1],
-            w,
-            ow: g.out[1],
-        }
-    }
-
-    /// Call `f(ky, out_row_start, in_row_start)` for every kernel row and
-    /// every output row whose input row is inside the plane (offsets are
-    /// element offsets into the output and input planes).
-    #[inline]
-    pub fn for_each_row(&self, mut f: impl FnMut(usize, usize, usize)) {
-        for (ky, r) in self.rows.iter().enumerate() {
-            for oy in r.lo..r.hi {
-                let iy = (oy * self.sh) as isize + r.off;
-                f(ky, oy * self.ow, iy as usize * self.w);
-            }
         }
     }
 

@@ -1,5 +1,6 @@
-//! Tests of the dedicated convolution kernels (depthwise, 1x1): values and
-//! both gradients against candle's reference `conv2d` and its backward.
+//! Tests of the dedicated convolution kernels (dense GEMM, depthwise) and
+//! the clamping activations: values and all gradients against candle's
+//! reference `conv2d` and its backward, case by case from tables.
 
 use candle_core::{Device, Tensor, Var};
 
@@ -29,6 +30,10 @@ fn to_vec(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
+fn max_abs(t: &Tensor) -> f32 {
+    to_vec(t).iter().fold(1f32, |m, v| m.max(v.abs()))
+}
+
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
     to_vec(a)
@@ -38,293 +43,295 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// `y1` and `y2` agree, and so do the gradients of `sum(y * r)` with
-/// respect to each of `vars` (candle's backward on `y2` is the reference).
-fn check_grads(label: &str, vars: &[(&str, &Var)], y1: &Tensor, y2: &Tensor, seed: u64) {
-    let d = max_abs_diff(y1, y2);
-    let scale = to_vec(y2).iter().fold(1f32, |m, v| m.max(v.abs()));
-    assert!(d < 1e-5 * scale, "{label}: values differ by {d}");
-    let r = Tensor::from_vec(rand_vec(y1.elem_count(), seed), y1.dims(), &Device::Cpu).unwrap();
-    let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    for &(name, v) in vars {
-        let a = g1.get(v.as_tensor()).expect("gradient of the kernel");
-        let b = g2.get(v.as_tensor()).expect("reference gradient");
-        let d = max_abs_diff(a, b);
-        let scale = to_vec(b).iter().fold(1f32, |m, v| m.max(v.abs()));
-        assert!(
-            d < 1e-5 * scale,
-            "{label}: gradient of {name} differs by {d} (scale {scale})"
-        );
+const RELU: Clamp = Clamp {
+    lo: Some(0.0),
+    hi: None,
+};
+const RELU6: Clamp = Clamp {
+    lo: Some(0.0),
+    hi: Some(6.0),
+};
+
+/// Which kernel a case runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    /// `gemm_conv` with this many output channels.
+    Dense(usize),
+    /// `depthwise` (one filter per channel).
+    Depthwise,
+}
+
+/// One convolution: the kernel's values and gradients are checked against
+/// candle's `conv2d` on the explicitly padded input (cropped to what the
+/// windows reach, so candle's own backward is exact), plus the bias and
+/// candle's `relu`/`minimum` for a fused activation.
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    kind: Kind,
+    n: usize,
+    c: usize,
+    hw: [usize; 2],
+    k: usize,
+    s: usize,
+    d: usize,
+    /// Top, left, bottom, right.
+    pads: [usize; 4],
+    bias: bool,
+    act: Option<Clamp>,
+}
+
+impl Case {
+    fn new(kind: Kind, c: usize, hw: [usize; 2], k: usize, s: usize, d: usize, p: usize) -> Case {
+        Case {
+            kind,
+            n: 3,
+            c,
+            hw,
+            k,
+            s,
+            d,
+            pads: [p; 4],
+            bias: true,
+            act: None,
+        }
+    }
+
+    /// The output size, None when the window does not fit.
+    fn out(&self) -> Option<[usize; 2]> {
+        let ek = self.d * (self.k - 1) + 1;
+        let [pt, pl, pb, pr] = self.pads;
+        let (h, w) = (self.hw[0] + pt + pb, self.hw[1] + pl + pr);
+        (h >= ek && w >= ek).then(|| [(h - ek) / self.s + 1, (w - ek) / self.s + 1])
+    }
+
+    /// Run the case; `seed` picks the data.
+    fn check(&self, seed: u64) {
+        let label = format!("{self:?}");
+        let out = self.out().expect("a window that fits");
+        let [h, w] = self.hw;
+        let (o, ci, groups) = match self.kind {
+            Kind::Dense(o) => (o, self.c, 1),
+            Kind::Depthwise => (self.c, 1, self.c),
+        };
+        // values up to +-4 so ReLU6 saturates somewhere
+        let x = Var::from_vec(
+            rand_vec(self.n * self.c * h * w, seed)
+                .iter()
+                .map(|v| v * 4.0)
+                .collect(),
+            (self.n, self.c, h, w),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let wv = var(&[o, ci, self.k, self.k], seed + 1);
+        let b = var(&[o], seed + 2);
+        let geom = ConvGeom {
+            k: [self.k; 2],
+            s: [self.s; 2],
+            d: [self.d; 2],
+            pad: [self.pads[0], self.pads[1]],
+            out,
+        };
+        let bias = self.bias.then(|| b.as_tensor());
+        let y1 = match self.kind {
+            Kind::Dense(_) => {
+                gemm_conv::conv2d(x.as_tensor(), wv.as_tensor(), bias, geom, self.act)
+            }
+            Kind::Depthwise => {
+                depthwise_conv2d(x.as_tensor(), wv.as_tensor(), bias, geom, self.act)
+            }
+        }
+        .unwrap();
+        let ek = self.d * (self.k - 1) + 1;
+        let used = [(out[0] - 1) * self.s + ek, (out[1] - 1) * self.s + ek];
+        let [pt, pl, pb, pr] = self.pads;
+        let xp = x
+            .as_tensor()
+            .pad_with_zeros(2, pt, pb)
+            .unwrap()
+            .pad_with_zeros(3, pl, pr)
+            .unwrap()
+            .narrow(2, 0, used[0])
+            .unwrap()
+            .narrow(3, 0, used[1])
+            .unwrap();
+        let mut y2 = xp
+            .conv2d(wv.as_tensor(), 0, self.s, self.d, groups)
+            .unwrap();
+        if self.bias {
+            y2 = y2
+                .broadcast_add(&b.as_tensor().reshape((1, o, 1, 1)).unwrap())
+                .unwrap();
+        }
+        if let Some(act) = self.act {
+            y2 = y2.relu().unwrap();
+            if let Some(hi) = act.hi {
+                y2 = y2.minimum(hi).unwrap();
+            }
+        }
+        let d = max_abs_diff(&y1, &y2);
+        assert!(d < 1e-5 * max_abs(&y2), "{label}: values differ by {d}");
+        // gradients of sum(y * r) for random r; candle's backward on y2 is
+        // the reference
+        let r =
+            Tensor::from_vec(rand_vec(y1.elem_count(), seed + 3), y1.dims(), &Device::Cpu).unwrap();
+        let g1 = (&y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (&y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut vars = vec![("x", &x), ("w", &wv)];
+        if self.bias {
+            vars.push(("b", &b));
+        }
+        for (name, v) in vars {
+            let a = g1.get(v.as_tensor()).expect("gradient of the kernel");
+            let want = g2.get(v.as_tensor()).expect("reference gradient");
+            let d = max_abs_diff(a, want);
+            let scale = max_abs(want);
+            assert!(
+                d < 1e-5 * scale,
+                "{label}: gradient of {name} differs by {d} (scale {scale})"
+            );
+        }
+    }
+}
+
+/// Symmetric padding, strides 1 and 2, dilations 1 and 2 on odd, even and
+/// non-square planes, for each of `kinds` (channels, kernel size).
+fn grid(kinds: &[(Kind, usize, usize)]) -> Vec<Case> {
+    let mut cases = Vec::new();
+    for &(kind, c, k) in kinds {
+        for hw in [[9, 9], [8, 8], [7, 10]] {
+            for s in [1, 2] {
+                for p in [0, 1] {
+                    for d in [1, 2] {
+                        let case = Case::new(kind, c, hw, k, s, d, p);
+                        if case.out().is_some() && !(k == 1 && d > 1) {
+                            cases.push(case);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    cases
+}
+
+/// Asymmetric padding and windows that leave input rows unused.
+fn asymmetric(kind: Kind, c: usize) -> Vec<Case> {
+    // (h, w, stride, pads)
+    [
+        (8, 8, 2, [0, 0, 1, 1]),
+        (9, 7, 2, [1, 0, 0, 2]),
+        (7, 7, 1, [2, 1, 0, 1]),
+        (10, 9, 3, [1, 1, 1, 1]),
+        (28, 28, 2, [1, 1, 1, 1]),
+    ]
+    .into_iter()
+    .map(|(h, w, s, pads)| Case {
+        pads,
+        bias: false,
+        ..Case::new(kind, c, [h, w], 3, s, 1, 0)
+    })
+    .collect()
+}
+
+/// Run every case of `cases` (each with its own data) and make sure there
+/// were at least `min` of them.
+fn check_all(cases: &[Case], seed: u64, min: usize) {
+    assert!(cases.len() >= min, "only {} cases", cases.len());
+    for (i, case) in cases.iter().enumerate() {
+        case.check(seed + 10 * i as u64);
     }
 }
 
 #[test]
 fn depthwise_matches_candle_conv2d_values_and_gradients() {
-    let mut seed = 1;
-    let mut checked = 0;
-    for &c in &[1usize, 3, 8, 17] {
-        for &(h, w) in &[(9usize, 9usize), (8, 8), (7, 10)] {
-            for &s in &[1usize, 2] {
-                for &p in &[0usize, 1] {
-                    for &d in &[1usize, 2] {
-                        let k = 3;
-                        let ek = d * (k - 1) + 1;
-                        if h + 2 * p < ek || w + 2 * p < ek {
-                            continue;
-                        }
-                        // candle's own backward needs the same remainder on both axes
-                        if (h + 2 * p - ek) % s != (w + 2 * p - ek) % s {
-                            continue;
-                        }
-                        seed += 3;
-                        let x = var(&[2, c, h, w], seed);
-                        let wv = var(&[c, 1, k, k], seed + 1);
-                        let out = [(h + 2 * p - ek) / s + 1, (w + 2 * p - ek) / s + 1];
-                        let geom = ConvGeom {
-                            k: [k, k],
-                            s: [s, s],
-                            d: [d, d],
-                            pad: [p, p],
-                            out,
-                        };
-                        let b = var(&[c], seed + 5);
-                        let y1 = depthwise_conv2d(
-                            x.as_tensor(),
-                            wv.as_tensor(),
-                            Some(b.as_tensor()),
-                            geom,
-                            None,
-                        )
-                        .unwrap();
-                        let y2 = x
-                            .as_tensor()
-                            .conv2d(wv.as_tensor(), p, s, d, c)
-                            .unwrap()
-                            .broadcast_add(&b.as_tensor().reshape((1, c, 1, 1)).unwrap())
-                            .unwrap();
-                        let label = format!("c{c} {h}x{w} s{s} p{p} d{d}");
-                        check_grads(
-                            &label,
-                            &[("x", &x), ("w", &wv), ("b", &b)],
-                            &y1,
-                            &y2,
-                            seed + 2,
-                        );
-                        checked += 1;
-                    }
-                }
-            }
-        }
-    }
-    assert!(checked >= 40, "only {checked} cases ran");
-}
-
-/// Asymmetric padding and windows that leave input rows unused: the
-/// reference pads explicitly and crops what no window reaches.
-#[test]
-fn depthwise_asymmetric_padding_matches_padded_reference() {
-    // (h, w, stride, pad top, pad left, pad bottom, pad right)
-    let cases = [
-        (8usize, 8usize, 2usize, 0usize, 0usize, 1usize, 1usize),
-        (9, 7, 2, 1, 0, 0, 2),
-        (7, 7, 1, 2, 1, 0, 1),
-        (10, 9, 3, 1, 1, 1, 1),
-    ];
-    for (i, &(h, w, s, pt, pl, pb, pr)) in cases.iter().enumerate() {
-        let c = 5;
-        let k = 3;
-        let x = var(&[3, c, h, w], 100 + i as u64);
-        let wv = var(&[c, 1, k, k], 200 + i as u64);
-        let out = [(h + pt + pb - k) / s + 1, (w + pl + pr - k) / s + 1];
-        let geom = ConvGeom {
-            k: [k, k],
-            s: [s, s],
-            d: [1, 1],
-            pad: [pt, pl],
-            out,
-        };
-        let y1 = depthwise_conv2d(x.as_tensor(), wv.as_tensor(), None, geom, None).unwrap();
-        let used = [(out[0] - 1) * s + k, (out[1] - 1) * s + k];
-        let xp = x
-            .as_tensor()
-            .pad_with_zeros(2, pt, pb)
-            .unwrap()
-            .pad_with_zeros(3, pl, pr)
-            .unwrap()
-            .narrow(2, 0, used[0])
-            .unwrap()
-            .narrow(3, 0, used[1])
-            .unwrap();
-        let y2 = xp.conv2d(wv.as_tensor(), 0, s, 1, c).unwrap();
-        let label = format!("{h}x{w} s{s} pads {pt},{pl},{pb},{pr}");
-        check_grads(&label, &[("x", &x), ("w", &wv)], &y1, &y2, 300 + i as u64);
-    }
-}
-
-/// Only tracked arguments get a gradient (a fed cut tensor gets none).
-#[test]
-fn depthwise_gradients_only_for_tracked_arguments() {
-    let geom = ConvGeom {
-        k: [3, 3],
-        s: [1, 1],
-        d: [1, 1],
-        pad: [1, 1],
-        out: [6, 6],
-    };
-    let x = Tensor::from_vec(rand_vec(2 * 4 * 36, 1), (2, 4, 6, 6), &Device::Cpu).unwrap();
-    let wv = var(&[4, 1, 3, 3], 2);
-    let g = depthwise_conv2d(&x, wv.as_tensor(), None, geom, None)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    assert!(g.get(&x).is_none());
-    assert!(g.get(wv.as_tensor()).is_some());
-    // a weight of the wrong shape is an error, not a panic
-    let bad = var(&[3, 1, 3, 3], 3);
-    assert!(depthwise_conv2d(&x, bad.as_tensor(), None, geom, None).is_err());
-    let bad_bias = var(&[3], 4);
-    assert!(depthwise_conv2d(&x, wv.as_tensor(), Some(bad_bias.as_tensor()), geom, None).is_err());
+    let kinds: Vec<_> = [1, 3, 8, 17]
+        .map(|c| (Kind::Depthwise, c, 3))
+        .into_iter()
+        .collect();
+    check_all(&grid(&kinds), 1, 40);
+    check_all(&asymmetric(Kind::Depthwise, 5), 100, 5);
 }
 
 #[test]
 fn gemm_conv_matches_candle_conv2d_values_and_gradients() {
-    let mut seed = 500;
-    let mut checked = 0;
     // (C, O, kernel)
-    for &(c, o, k) in &[
-        (3usize, 5usize, 1usize),
-        (16, 8, 1),
-        (4, 6, 3),
-        (1, 3, 3),
-        (5, 2, 2),
-    ] {
-        for &(h, w) in &[(9usize, 9usize), (8, 8), (7, 10)] {
-            for &s in &[1usize, 2] {
-                for &p in &[0usize, 1] {
-                    for &d in &[1usize, 2] {
-                        let ek = d * (k - 1) + 1;
-                        if h + 2 * p < ek || w + 2 * p < ek || (k == 1 && d > 1) {
-                            continue;
-                        }
-                        if (h + 2 * p - ek) % s != (w + 2 * p - ek) % s {
-                            continue;
-                        }
-                        seed += 3;
-                        let x = var(&[3, c, h, w], seed);
-                        let wv = var(&[o, c, k, k], seed + 1);
-                        let out = [(h + 2 * p - ek) / s + 1, (w + 2 * p - ek) / s + 1];
-                        let geom = ConvGeom {
-                            k: [k, k],
-                            s: [s, s],
-                            d: [d, d],
-                            pad: [p, p],
-                            out,
-                        };
-                        let b = var(&[o], seed + 5);
-                        let y1 = gemm_conv::conv2d(
-                            x.as_tensor(),
-                            wv.as_tensor(),
-                            Some(b.as_tensor()),
-                            geom,
-                            None,
-                        )
-                        .unwrap();
-                        let y2 = x
-                            .as_tensor()
-                            .conv2d(wv.as_tensor(), p, s, d, 1)
-                            .unwrap()
-                            .broadcast_add(&b.as_tensor().reshape((1, o, 1, 1)).unwrap())
-                            .unwrap();
-                        let label = format!("c{c} o{o} k{k} {h}x{w} s{s} p{p} d{d}");
-                        check_grads(
-                            &label,
-                            &[("x", &x), ("w", &wv), ("b", &b)],
-                            &y1,
-                            &y2,
-                            seed + 2,
-                        );
-                        checked += 1;
-                    }
-                }
-            }
+    let kinds = [(3, 5, 1), (16, 8, 1), (4, 6, 3), (1, 3, 3), (5, 2, 2)]
+        .map(|(c, o, k)| (Kind::Dense(o), c, k));
+    check_all(&grid(&kinds), 500, 60);
+    check_all(&asymmetric(Kind::Dense(3), 4), 600, 5);
+}
+
+/// A Relu/ReLU6 fused into either kernel equals the conv followed by
+/// candle's relu and minimum, values and all gradients (random data: no
+/// exact ties), with the shapes of the benchmarked blocks among them.
+#[test]
+fn fused_activation_matches_conv_then_clamp() {
+    let mut cases = Vec::new();
+    for act in [RELU6, RELU] {
+        for case in [
+            Case::new(Kind::Depthwise, 6, [8, 8], 3, 2, 1, 1),
+            Case::new(Kind::Depthwise, 8, [14, 14], 3, 1, 1, 1),
+            Case::new(Kind::Dense(5), 6, [8, 8], 3, 2, 1, 1),
+            Case::new(Kind::Dense(16), 16, [12, 12], 3, 1, 1, 1),
+            Case::new(Kind::Dense(24), 16, [10, 10], 1, 1, 1, 0),
+        ] {
+            cases.push(Case {
+                act: Some(act),
+                ..case
+            });
         }
     }
-    assert!(checked >= 60, "only {checked} cases ran");
+    check_all(&cases, 1000, 10);
 }
 
+/// Only tracked arguments get a gradient (a fed cut tensor gets none); a
+/// weight or bias of the wrong shape is an error, not a panic.
 #[test]
-fn gemm_conv_asymmetric_padding_matches_padded_reference() {
-    let cases = [
-        (8usize, 8usize, 2usize, 0usize, 0usize, 1usize, 1usize),
-        (9, 7, 2, 1, 0, 0, 2),
-        (7, 7, 1, 2, 1, 0, 1),
-        (10, 9, 3, 1, 1, 1, 1),
-    ];
-    for (i, &(h, w, s, pt, pl, pb, pr)) in cases.iter().enumerate() {
-        let (c, o, k) = (4, 3, 3);
-        let x = var(&[2, c, h, w], 600 + i as u64);
-        let wv = var(&[o, c, k, k], 700 + i as u64);
-        let out = [(h + pt + pb - k) / s + 1, (w + pl + pr - k) / s + 1];
+fn gradients_only_for_tracked_arguments() {
+    for kind in [Kind::Depthwise, Kind::Dense(6)] {
+        let k = if kind == Kind::Depthwise { 3 } else { 1 };
         let geom = ConvGeom {
             k: [k, k],
-            s: [s, s],
+            s: [1, 1],
             d: [1, 1],
-            pad: [pt, pl],
-            out,
+            pad: [k / 2, k / 2],
+            out: [6, 6],
         };
-        let y1 = gemm_conv::conv2d(x.as_tensor(), wv.as_tensor(), None, geom, None).unwrap();
-        let used = [(out[0] - 1) * s + k, (out[1] - 1) * s + k];
-        let xp = x
-            .as_tensor()
-            .pad_with_zeros(2, pt, pb)
-            .unwrap()
-            .pad_with_zeros(3, pl, pr)
-            .unwrap()
-            .narrow(2, 0, used[0])
-            .unwrap()
-            .narrow(3, 0, used[1])
-            .unwrap();
-        let y2 = xp.conv2d(wv.as_tensor(), 0, s, 1, 1).unwrap();
-        let label = format!("{h}x{w} s{s} pads {pt},{pl},{pb},{pr}");
-        check_grads(&label, &[("x", &x), ("w", &wv)], &y1, &y2, 800 + i as u64);
+        let (o, ci) = match kind {
+            Kind::Dense(o) => (o, 4),
+            Kind::Depthwise => (4, 1),
+        };
+        let conv = |x: &Tensor, w: &Tensor, b: Option<&Tensor>| match kind {
+            Kind::Dense(_) => gemm_conv::conv2d(x, w, b, geom, None),
+            Kind::Depthwise => depthwise_conv2d(x, w, b, geom, None),
+        };
+        let grads = |x: &Tensor, w: &Tensor| {
+            conv(x, w, None)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap()
+        };
+        let x = Tensor::from_vec(rand_vec(2 * 4 * 36, 1), (2, 4, 6, 6), &Device::Cpu).unwrap();
+        let wv = var(&[o, ci, k, k], 2);
+        let g = grads(&x, wv.as_tensor());
+        assert!(g.get(&x).is_none(), "{kind:?}");
+        assert!(g.get(wv.as_tensor()).is_some(), "{kind:?}");
+        let xv = var(&[2, 4, 6, 6], 3);
+        let w = Tensor::from_vec(rand_vec(o * ci * k * k, 4), (o, ci, k, k), &Device::Cpu).unwrap();
+        let g = grads(xv.as_tensor(), &w);
+        assert!(g.get(xv.as_tensor()).is_some(), "{kind:?}");
+        assert!(g.get(&w).is_none(), "{kind:?}");
+        let bad = var(&[o, ci + 1, k, k], 5);
+        assert!(conv(&x, bad.as_tensor(), None).is_err(), "{kind:?}");
+        let bad_bias = var(&[o + 1], 6);
+        assert!(
+            conv(&x, wv.as_tensor(), Some(bad_bias.as_tensor())).is_err(),
+            "{kind:?}"
+        );
     }
-}
-
-/// Only tracked arguments get a gradient; a mismatched weight is an error.
-#[test]
-fn gemm_conv_gradients_only_for_tracked_arguments() {
-    let geom = ConvGeom {
-        k: [1, 1],
-        s: [1, 1],
-        d: [1, 1],
-        pad: [0, 0],
-        out: [5, 5],
-    };
-    let x = Tensor::from_vec(rand_vec(2 * 4 * 25, 9), (2, 4, 5, 5), &Device::Cpu).unwrap();
-    let wv = var(&[6, 4, 1, 1], 10);
-    let g = gemm_conv::conv2d(&x, wv.as_tensor(), None, geom, None)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    assert!(g.get(&x).is_none());
-    assert!(g.get(wv.as_tensor()).is_some());
-    let xv = var(&[2, 4, 5, 5], 11);
-    let w = Tensor::from_vec(rand_vec(24, 12), (6, 4, 1, 1), &Device::Cpu).unwrap();
-    let g = gemm_conv::conv2d(xv.as_tensor(), &w, None, geom, None)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    assert!(g.get(xv.as_tensor()).is_some());
-    assert!(g.get(&w).is_none());
-    let bad = var(&[6, 3, 1, 1], 13);
-    assert!(gemm_conv::conv2d(&x, bad.as_tensor(), None, geom, None).is_err());
 }
 
 /// The clamp equals candle's clamp forward, and its gradient passes
@@ -338,12 +345,16 @@ fn clamp_values_and_gradient() {
     data[0] = 0.0;
     data[1] = 6.0;
     let x = Var::from_vec(data.clone(), xs.dims(), &Device::Cpu).unwrap();
-    for (lo, hi) in [
-        (Some(0f32), None),
-        (Some(0f32), Some(6f32)),
-        (None, Some(1f32)),
+    for act in [
+        RELU,
+        RELU6,
+        Clamp {
+            lo: None,
+            hi: Some(1.0),
+        },
     ] {
-        let y = super::activation::clamp(x.as_tensor(), Clamp { lo, hi }).unwrap();
+        let (lo, hi) = (act.lo, act.hi);
+        let y = super::activation::clamp(x.as_tensor(), act).unwrap();
         let want = x
             .as_tensor()
             .clamp(lo.unwrap_or(f32::MIN), hi.unwrap_or(f32::MAX))
@@ -362,94 +373,6 @@ fn clamp_values_and_gradient() {
         }
     }
 }
-
-/// A Relu/ReLU6 fused into either kernel equals the conv followed by
-/// candle's relu and minimum, values and all gradients (random data: no
-/// exact ties).
-#[test]
-fn fused_activation_matches_conv_then_clamp() {
-    let relu6 = Clamp {
-        lo: Some(0.0),
-        hi: Some(6.0),
-    };
-    let relu = Clamp {
-        lo: Some(0.0),
-        hi: None,
-    };
-    let reference = |y: Tensor, act: Clamp| -> Tensor {
-        let y = y.relu().unwrap();
-        match act.hi {
-            Some(h) => y.minimum(h).unwrap(),
-            None => y,
-        }
-    };
-    for (i, act) in [relu6, relu].into_iter().enumerate() {
-        let seed = 1000 + 10 * i as u64;
-        let geom = ConvGeom {
-            k: [3, 3],
-            s: [2, 2],
-            d: [1, 1],
-            pad: [1, 1],
-            out: [4, 4],
-        };
-        // values up to about +-12 so ReLU6 saturates somewhere
-        let x = Var::from_vec(
-            rand_vec(2 * 6 * 64, seed).iter().map(|v| v * 4.0).collect(),
-            (2, 6, 8, 8),
-            &Device::Cpu,
-        )
-        .unwrap();
-        let wd = var(&[6, 1, 3, 3], seed + 1);
-        let bd = var(&[6], seed + 2);
-        let y1 = depthwise_conv2d(
-            x.as_tensor(),
-            wd.as_tensor(),
-            Some(bd.as_tensor()),
-            geom,
-            Some(act),
-        )
-        .unwrap();
-        let pre = x
-            .as_tensor()
-            .conv2d(wd.as_tensor(), 1, 2, 1, 6)
-            .unwrap()
-            .broadcast_add(&bd.as_tensor().reshape((1, 6, 1, 1)).unwrap())
-            .unwrap();
-        let vars = [("x", &x), ("w", &wd), ("b", &bd)];
-        check_grads(
-            "depthwise + clamp",
-            &vars,
-            &y1,
-            &reference(pre, act),
-            seed + 3,
-        );
-        let wg = var(&[5, 6, 3, 3], seed + 4);
-        let bg = var(&[5], seed + 5);
-        let y1 = gemm_conv::conv2d(
-            x.as_tensor(),
-            wg.as_tensor(),
-            Some(bg.as_tensor()),
-            geom,
-            Some(act),
-        )
-        .unwrap();
-        let pre = x
-            .as_tensor()
-            .conv2d(wg.as_tensor(), 1, 2, 1, 1)
-            .unwrap()
-            .broadcast_add(&bg.as_tensor().reshape((1, 5, 1, 1)).unwrap())
-            .unwrap();
-        let vars = [("x", &x), ("w", &wg), ("b", &bg)];
-        check_grads(
-            "gemm conv + clamp",
-            &vars,
-            &y1,
-            &reference(pre, act),
-            seed + 6,
-        );
-    }
-}
-
 /// The MobileNetV2 fixture (1x1, depthwise stride 1 and 2, ReLU6 fused into
 /// its convs, residual Adds) through the interpreter equals tract, and a
 /// training step's gradient reaches every conv weight.
@@ -504,4 +427,136 @@ fn mobilenet_fixture_through_the_kernels_matches_tract() {
         let norm = to_vec(gv).iter().map(|a| a.abs()).sum::<f32>();
         assert!(norm > 0.0, "{name}: zero gradient");
     }
+}
+
+/// Add then Relu/ReLU6 as one op equals candle's add, relu and minimum,
+/// values and gradients, with either side or both tracked (an untracked
+/// side, like a fed cut tensor on a residual join, gets none).
+#[test]
+fn add_clamp_matches_add_then_clamp() {
+    for (i, act) in [RELU, RELU6].into_iter().enumerate() {
+        let seed = 1200 + 10 * i as u64;
+        let scaled = |s: u64| {
+            Var::from_vec(
+                rand_vec(2 * 3 * 5 * 4, s).iter().map(|v| v * 8.0).collect(),
+                (2, 3, 5, 4),
+                &Device::Cpu,
+            )
+            .unwrap()
+        };
+        let (a, b) = (scaled(seed), scaled(seed + 1));
+        let r = Tensor::from_vec(rand_vec(120, seed + 2), (2, 3, 5, 4), &Device::Cpu).unwrap();
+        for (track_a, track_b) in [(true, true), (true, false), (false, true)] {
+            let ta = if track_a {
+                a.as_tensor().clone()
+            } else {
+                a.as_tensor().detach()
+            };
+            let tb = if track_b {
+                b.as_tensor().clone()
+            } else {
+                b.as_tensor().detach()
+            };
+            let y1 = super::activation::add_clamp(&ta, &tb, act).unwrap();
+            let mut y2 = (&ta + &tb).unwrap().relu().unwrap();
+            if let Some(hi) = act.hi {
+                y2 = y2.minimum(hi).unwrap();
+            }
+            assert_eq!(to_vec(&y1), to_vec(&y2));
+            let g1 = (&y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (&y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            for (v, tracked) in [(&a, track_a), (&b, track_b)] {
+                let got = g1.get(v.as_tensor());
+                assert_eq!(got.is_some(), tracked);
+                if let Some(got) = got {
+                    let want = g2.get(v.as_tensor()).unwrap();
+                    assert_eq!(to_vec(got), to_vec(want), "{act:?}");
+                }
+            }
+        }
+    }
+    let a = var(&[2, 3], 1);
+    let b = var(&[3, 2], 2);
+    assert!(super::activation::add_clamp(a.as_tensor(), b.as_tensor(), RELU).is_err());
+}
+
+/// A conv with a residual input (and Relu, or none) equals candle's conv,
+/// bias, add and relu, values and the gradients of input, weight, bias and
+/// residual (the last one tracked or not).
+#[test]
+fn residual_conv_matches_conv_add_clamp() {
+    for (i, act) in [Some(RELU), None, Some(RELU6)].into_iter().enumerate() {
+        let seed = 1300 + 10 * i as u64;
+        let (n, c, o, h) = (3, 4, 5, 7);
+        let geom = ConvGeom {
+            k: [3, 3],
+            s: [1, 1],
+            d: [1, 1],
+            pad: [1, 1],
+            out: [h, h],
+        };
+        let x = var(&[n, c, h, h], seed);
+        let w = var(&[o, c, 3, 3], seed + 1);
+        let b = var(&[o], seed + 2);
+        let r = var(&[n, o, h, h], seed + 3);
+        let y1 = gemm_conv::conv2d_residual(
+            x.as_tensor(),
+            w.as_tensor(),
+            Some(b.as_tensor()),
+            r.as_tensor(),
+            geom,
+            act,
+        )
+        .unwrap();
+        let mut y2 = x
+            .as_tensor()
+            .conv2d(w.as_tensor(), 1, 1, 1, 1)
+            .unwrap()
+            .broadcast_add(&b.as_tensor().reshape((1, o, 1, 1)).unwrap())
+            .unwrap()
+            .add(r.as_tensor())
+            .unwrap();
+        if let Some(act) = act {
+            y2 = y2.relu().unwrap();
+            if let Some(hi) = act.hi {
+                y2 = y2.minimum(hi).unwrap();
+            }
+        }
+        let d = max_abs_diff(&y1, &y2);
+        assert!(d < 1e-5 * max_abs(&y2), "{act:?}: values differ by {d}");
+        let rr =
+            Tensor::from_vec(rand_vec(y1.elem_count(), seed + 4), y1.dims(), &Device::Cpu).unwrap();
+        let g1 = (&y1 * &rr).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (&y2 * &rr).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, v) in [("x", &x), ("w", &w), ("b", &b), ("r", &r)] {
+            let got = g1.get(v.as_tensor()).expect("gradient of the kernel");
+            let want = g2.get(v.as_tensor()).expect("reference gradient");
+            let d = max_abs_diff(got, want);
+            assert!(
+                d < 1e-5 * max_abs(want),
+                "{act:?}: gradient of {name} differs by {d}"
+            );
+        }
+    }
+    // an untracked residual (a fed cut tensor) gets no gradient
+    let x = var(&[2, 3, 5, 5], 1);
+    let w = var(&[3, 3, 1, 1], 2);
+    let r = Tensor::from_vec(rand_vec(150, 3), (2, 3, 5, 5), &Device::Cpu).unwrap();
+    let geom = ConvGeom {
+        k: [1, 1],
+        s: [1, 1],
+        d: [1, 1],
+        pad: [0, 0],
+        out: [5, 5],
+    };
+    let y = gemm_conv::conv2d_residual(x.as_tensor(), w.as_tensor(), None, &r, geom, Some(RELU))
+        .unwrap();
+    let g = y.sum_all().unwrap().backward().unwrap();
+    assert!(g.get(&r).is_none());
+    assert!(g.get(w.as_tensor()).is_some());
+    // a residual of the wrong shape is an error
+    let bad = Tensor::zeros((2, 3, 4, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+    assert!(
+        gemm_conv::conv2d_residual(x.as_tensor(), w.as_tensor(), None, &bad, geom, None).is_err()
+    );
 }

@@ -70,6 +70,18 @@ fn node_label(node: &NodeProto, ix: usize) -> String {
     }
 }
 
+/// A Relu/Clip node fused into the node before it, and its bounds.
+type FusedClamp = (usize, activation::Clamp);
+
+/// What a node's evaluation takes over from the nodes after it.
+#[derive(Default)]
+struct Fused {
+    /// A following Relu/Clip.
+    activation: Option<activation::Clamp>,
+    /// The other input of a following residual Add (Conv only).
+    residual: Option<Value>,
+}
+
 /// An ONNX model ready to run forward and backward on candle.
 pub struct Interpreter {
     /// The model's nodes, inputs and outputs (initializers stripped: their
@@ -206,7 +218,7 @@ impl Interpreter {
                 .collect();
             let Some(inputs) = inputs else { continue };
             let all = node.output.iter().map(|o| !o.is_empty()).collect();
-            if let Ok(outs) = self.run_node(ix, inputs, all, None) {
+            if let Ok(outs) = self.run_node(ix, inputs, all, Fused::default()) {
                 for (name, v) in out_names.into_iter().zip(outs) {
                     if !name.is_empty() {
                         self.consts.insert(name, v);
@@ -224,7 +236,7 @@ impl Interpreter {
         ix: usize,
         inputs: Vec<Option<Value>>,
         outputs_needed: Vec<bool>,
-        activation: Option<activation::Clamp>,
+        fused: Fused,
     ) -> Result<Vec<Value>> {
         let node = &self.graph.node[ix];
         let ctx = ops::Ctx {
@@ -233,7 +245,8 @@ impl Interpreter {
             device: &self.device,
             opset: self.opset,
             outputs_needed: outputs_needed.clone(),
-            activation,
+            activation: fused.activation,
+            residual: fused.residual,
         };
         let op = if node.domain.is_empty() {
             node.op_type.clone()
@@ -275,8 +288,8 @@ impl Interpreter {
         Ok(outs)
     }
 
-    /// The Relu or Clip node `next` if Conv node `ix` can do its work: the
-    /// conv's output is read by `next` only, is not wanted itself, and
+    /// The Relu or Clip node `next` if Conv or Add node `ix` can do its
+    /// work: `ix`'s output is read by `next` only, is not wanted itself, and
     /// `next`'s bounds are constants. Returns the node and its bounds.
     fn fusable_activation(
         &self,
@@ -293,7 +306,7 @@ impl Interpreter {
             [o] if !o.is_empty() => o.as_str(),
             _ => return None,
         };
-        if node.op_type != "Conv"
+        if !matches!(node.op_type.as_str(), "Conv" | "Add")
             || !default_domain(&node.domain)
             || !matches!(act.op_type.as_str(), "Relu" | "Clip")
             || !default_domain(&act.domain)
@@ -319,8 +332,60 @@ impl Interpreter {
             opset: self.opset,
             outputs_needed: vec![true],
             activation: None,
+            residual: None,
         };
         ops::clamp_bounds(&ctx).ok().flatten().map(|b| (jx, b))
+    }
+
+    /// The Add node `next` (and the Relu/Clip after it, if fusable) if
+    /// Conv node `ix` can take it over as a residual input: a CPU conv with
+    /// `group` 1 whose output is read by `next` only and not wanted, and
+    /// whose Add's other input is already available. Returns the Add, its
+    /// other input and the activation fusion of the Add.
+    fn fusable_residual<'g>(
+        &'g self,
+        ix: usize,
+        next: Option<usize>,
+        after: Option<usize>,
+        uses: &HashMap<&str, usize>,
+        keep: &HashSet<&str>,
+        available: impl Fn(&str) -> bool,
+    ) -> Option<(usize, &'g str, Option<FusedClamp>)> {
+        let default_domain = |d: &str| d.is_empty() || d == "ai.onnx";
+        let node = &self.graph.node[ix];
+        let jx = next?;
+        let add = &self.graph.node[jx];
+        let out = match node.output.as_slice() {
+            [o] if !o.is_empty() => o.as_str(),
+            _ => return None,
+        };
+        let group = node
+            .attribute
+            .iter()
+            .find(|a| a.name == "group")
+            .map_or(1, |a| a.i);
+        if !self.device.is_cpu()
+            || node.op_type != "Conv"
+            || !default_domain(&node.domain)
+            || group != 1
+            || add.op_type != "Add"
+            || !default_domain(&add.domain)
+            || add.input.len() != 2
+            || add.output.len() != 1
+            || uses.get(out) != Some(&1)
+            || keep.contains(out)
+        {
+            return None;
+        }
+        let other = match (add.input[0].as_str(), add.input[1].as_str()) {
+            (a, b) if a == out && b != out => b,
+            (a, b) if b == out && a != out => a,
+            _ => return None,
+        };
+        if other.is_empty() || !available(other) {
+            return None;
+        }
+        Some((jx, other, self.fusable_activation(jx, after, uses, keep)))
     }
 
     /// A constant or parameter value by name.
@@ -405,11 +470,14 @@ impl Interpreter {
         }
         let keep: HashSet<&str> = wanted.iter().copied().collect();
 
-        // A Conv followed by the Relu/Clip that alone reads it runs as one
-        // fused op; the activation node is then skipped.
-        let mut done_by_conv: Option<usize> = None;
+        // A Conv or Add followed by the Relu/Clip that alone reads it runs
+        // as one fused op, and so does a Conv followed by the residual Add
+        // that alone reads it (and that Add's Relu/Clip); the fused nodes
+        // are then skipped.
+        let mut skip: Vec<usize> = Vec::new();
         for (pos, &ix) in nodes.iter().enumerate() {
-            if done_by_conv.take() == Some(ix) {
+            if let Some(i) = skip.iter().position(|&s| s == ix) {
+                skip.swap_remove(i);
                 continue;
             }
             let node = &self.graph.node[ix];
@@ -436,23 +504,52 @@ impl Interpreter {
                     !o.is_empty() && (uses.contains_key(o.as_str()) || keep.contains(o.as_str()))
                 })
                 .collect();
-            let fused = self.fusable_activation(ix, nodes.get(pos + 1).copied(), &uses, &keep);
-            let outs = self.run_node(ix, inputs, needed, fused.map(|(_, b)| b))?;
-            for name in node.input.iter().filter(|i| !i.is_empty()) {
-                if let Some(u) = uses.get_mut(name.as_str()) {
+            let (next, after) = (nodes.get(pos + 1).copied(), nodes.get(pos + 2).copied());
+            let residual = self.fusable_residual(ix, next, after, &uses, &keep, |t| {
+                values.contains_key(t) || self.stored(t).is_some()
+            });
+            let act = match residual {
+                Some((_, _, act)) => act,
+                None => self.fusable_activation(ix, next, &uses, &keep),
+            };
+            let mut fused = Fused {
+                activation: act.map(|(_, b)| b),
+                residual: None,
+            };
+            // the inputs the fused nodes consume, besides the node's own
+            let mut consumed: Vec<&str> = node
+                .input
+                .iter()
+                .filter(|i| !i.is_empty())
+                .map(String::as_str)
+                .collect();
+            let mut last = ix;
+            if let Some((jx, other, _)) = residual {
+                fused.residual = Some(match values.get(other) {
+                    Some(v) => v.clone(),
+                    None => self.stored(other).ok_or_else(|| InterpError::Tensor {
+                        name: other.to_string(),
+                        msg: "residual input is not available".into(),
+                    })?,
+                });
+                consumed.push(other);
+                skip.push(jx);
+                last = jx;
+            }
+            if let Some((jx, _)) = act {
+                skip.push(jx);
+                last = jx;
+            }
+            let outs = self.run_node(ix, inputs, needed, fused)?;
+            for name in consumed {
+                if let Some(u) = uses.get_mut(name) {
                     *u -= 1;
-                    if *u == 0 && !keep.contains(name.as_str()) {
-                        values.remove(name.as_str());
+                    if *u == 0 && !keep.contains(name) {
+                        values.remove(name);
                     }
                 }
             }
-            let out_names = match fused {
-                Some((jx, _)) => {
-                    done_by_conv = Some(jx);
-                    &self.graph.node[jx].output
-                }
-                None => &node.output,
-            };
+            let out_names = &self.graph.node[last].output;
             for (name, v) in out_names.iter().zip(outs) {
                 if !name.is_empty() {
                     values.insert(name.as_str(), v);

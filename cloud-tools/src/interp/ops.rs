@@ -50,9 +50,12 @@ pub struct Ctx<'a> {
     /// Which outputs anyone reads (optional outputs that nobody reads need
     /// not be produced).
     pub outputs_needed: Vec<bool>,
-    /// A Relu/Clip fused into this node (Conv only): its output is the
+    /// A Relu/Clip fused into this node (Conv or Add): its output is the
     /// activation's.
     pub activation: Option<Clamp>,
+    /// A residual Add fused into this Conv: added to the conv's output
+    /// (before `activation`), the node's output is the Add's.
+    pub residual: Option<Value>,
 }
 
 impl<'a> Ctx<'a> {
@@ -380,9 +383,21 @@ fn int_binary(a: &IntTensor, b: &IntTensor, op: &str) -> R<IntTensor> {
 fn binary(ctx: &Ctx) -> R<Vec<Value>> {
     let op = ctx.node.op_type.as_str();
     if let (Value::Int(a), Value::Int(b)) = (ctx.input(0)?, ctx.input(1)?) {
-        return one(Value::Int(int_binary(a, b, op)?));
+        let v = Value::Int(int_binary(a, b, op)?);
+        return match ctx.activation {
+            // as the standalone Relu/Clip would: on the values as floats
+            Some(act) => f(apply_clamp(&v.to_float(ctx.device)?, act)?),
+            None => one(v),
+        };
     }
     let (a, b) = (ctx.float(0)?, ctx.float(1)?);
+    if let (Some(act), "Add") = (ctx.activation, op) {
+        // fused by the interpreter: Add then Relu/Clip (a residual join)
+        if a.dims() == b.dims() && a.device().is_cpu() {
+            return f(super::activation::add_clamp(&a, &b, act)?);
+        }
+        return f(apply_clamp(&a.broadcast_add(&b)?, act)?);
+    }
     let t = match op {
         "Add" => a.broadcast_add(&b)?,
         "Sub" => a.broadcast_sub(&b)?,
@@ -984,10 +999,16 @@ fn out_size(input: usize, pad: usize, ek: usize, s: usize, ceil: bool) -> R<usiz
 fn conv(ctx: &Ctx) -> R<Vec<Value>> {
     let mut x = ctx.float(0)?;
     let mut w = ctx.float(1)?;
+    let mut residual = ctx
+        .residual
+        .as_ref()
+        .map(|r| r.to_float(ctx.device))
+        .transpose()?;
     let one_d = x.rank() == 3;
     if one_d {
         x = x.unsqueeze(2)?;
         w = w.unsqueeze(2)?;
+        residual = residual.map(|r| r.unsqueeze(2)).transpose()?;
     }
     if x.rank() != 4 || w.rank() != 4 {
         fail!(
@@ -1030,10 +1051,25 @@ fn conv(ctx: &Ctx) -> R<Vec<Value>> {
         };
         let b = ctx.opt(2).map(|b| b.to_float(ctx.device)).transpose()?;
         let act = ctx.activation;
-        let y = if group == 1 {
-            super::gemm_conv::conv2d(&x, &w, b.as_ref(), geom, act)?
-        } else {
-            super::depthwise::depthwise_conv2d(&x, &w, b.as_ref(), geom, act)?
+        let y = match &residual {
+            Some(r) if group == 1 && r.dims() == [x.dim(0)?, o, out[0], out[1]] => {
+                super::gemm_conv::conv2d_residual(&x, &w, b.as_ref(), r, geom, act)?
+            }
+            Some(r) => {
+                // a broadcasting Add or a depthwise conv: conv, add, clamp
+                let y = if group == 1 {
+                    super::gemm_conv::conv2d(&x, &w, b.as_ref(), geom, None)?
+                } else {
+                    super::depthwise::depthwise_conv2d(&x, &w, b.as_ref(), geom, None)?
+                };
+                let y = y.broadcast_add(r)?;
+                match act {
+                    Some(act) => apply_clamp(&y, act)?,
+                    None => y,
+                }
+            }
+            None if group == 1 => super::gemm_conv::conv2d(&x, &w, b.as_ref(), geom, act)?,
+            None => super::depthwise::depthwise_conv2d(&x, &w, b.as_ref(), geom, act)?,
         };
         return f(if one_d { y.squeeze(2)? } else { y });
     } else if depthwise_shape {
@@ -1071,6 +1107,9 @@ fn conv(ctx: &Ctx) -> R<Vec<Value>> {
     if let Some(b) = ctx.opt(2) {
         let b = b.to_float(ctx.device)?;
         y = y.broadcast_add(&b.reshape((1, o, 1, 1))?)?;
+    }
+    if let Some(r) = &residual {
+        y = y.broadcast_add(r)?;
     }
     if let Some(act) = ctx.activation {
         y = apply_clamp(&y, act)?;
