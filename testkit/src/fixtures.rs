@@ -41,6 +41,12 @@ pub fn demo_bundle() -> PathBuf {
     repo().join("demo/fmnist-resnet.bundle")
 }
 
+/// The second demo bundle: the MobileNetV2-style fixture elastified
+/// (`demo/make-demo-bundle.sh mobilenetv2`).
+pub fn demo_mobilenet_bundle() -> PathBuf {
+    repo().join("demo/fmnist-mobilenetv2.bundle")
+}
+
 /// The demo public key (demos and tests only).
 pub fn demo_pub() -> PathBuf {
     fixtures().join("keys/demo.pub")
