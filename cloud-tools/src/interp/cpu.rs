@@ -1,9 +1,9 @@
 //! CPU plumbing shared by the convolution kernels (`gemm_conv`,
-//! `depthwise`) and the activations: [`Kernel`], a kernel on contiguous
-//! f32 slices, and [`Op`], which makes one a candle custom op (storage
+//! `depthwise`) and the activations: `Kernel`, a kernel on contiguous
+//! f32 slices, and `Op`, which makes one a candle custom op (storage
 //! checks, output storage, backward); the entry and the shared backward of
-//! a convolution with fused bias and activation ([`apply_conv`],
-//! [`conv_backward`]); a single-threaded GEMM on slices (the kernels
+//! a convolution with fused bias and activation (`apply_conv`,
+//! `conv_backward`); a single-threaded GEMM on slices (the kernels
 //! parallelise over samples themselves) and a vectorisable sum.
 
 use std::mem::MaybeUninit;

@@ -5,7 +5,7 @@
 //! gradient) and channels (weight gradient) run in parallel on rayon's
 //! global pool, the one candle's CPU kernels and GEMM use.
 //!
-//! Each plane is first copied into padded phase form ([`Phases`]): zero
+//! Each plane is first copied into padded phase form (`Phases`): zero
 //! padding made explicit and the rows and columns split by their phase
 //! modulo the stride. Every kernel tap is then one shifted window of one
 //! phase plane, and each pass is one long contiguous loop per tap over the
