@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Compares build profiles for boards on x86: size of the stripped `adaptived`,
-# build time, and tract latency from bench-blocks (tract whole model, and its
-# ratio to onnxruntime measured in the same run: the machine is shared, so
-# the ratio is what is compared across profiles).
+# build time, and tract latency from bench-blocks (tract's whole-model time
+# on the ResNet and MobileNetV2 fixtures, and its ratio to onnxruntime
+# measured in the same run: the machine is shared, so the ratio is what is
+# compared across profiles).
 #
 #   scripts/profile-compare.sh [VARIANT...]     (default: release board board-s)
 #
@@ -39,15 +40,17 @@ for v in "${variants[@]}"; do
   for i in 1 2; do
     out=$("$CARGO_TARGET_DIR/$prof/bench-blocks" --runs "$RUNS")
     echo "$out"
-    whole=$(echo "$out" | awk '/^tract whole model/ {print $4}')
-    ratio=$(echo "$out" | awk -F': ' '/^tract \/ onnxruntime/ {print $2}')
-    results+=("$v|$((t1 - t0))|$size|$whole|$ratio")
+    # bench-blocks' table rows: MODEL fixture BLOCKS TRACT_MS CHAINED CH/WHOLE ORT_MS TRACT/ORT
+    row() { echo "$out" | awk -v m="$1" '$1 == m && $2 == "fixture" {print $4 " " $8}'; }
+    read -r rn_ms rn_ratio <<<"$(row ResNet)"
+    read -r mb_ms mb_ratio <<<"$(row MobileNetV2)"
+    results+=("$v|$((t1 - t0))|$size|$rn_ms|$rn_ratio|$mb_ms|$mb_ratio")
   done
 done
 echo
 echo "profile comparison, x86_64, $(date -u +%F), $(nproc) CPUs, bench-blocks --runs $RUNS (two runs each)"
-printf '%-11s %8s %12s %14s %18s\n' profile build_s stripped_MB tract_ms tract/onnxruntime
+printf '%-11s %8s %12s %16s %16s %16s %16s\n' profile build_s stripped_MB resnet_tract_ms resnet_tract/ort mbv2_tract_ms mbv2_tract/ort
 for r in "${results[@]}"; do
-  IFS='|' read -r v b s w q <<<"$r"
-  printf '%-11s %8s %12.2f %14s %18s\n' "$v" "$b" "$(awk -v s="$s" 'BEGIN { print s / 1048576 }')" "$w" "$q"
+  IFS='|' read -r v b s rm rq mm mq <<<"$r"
+  printf '%-11s %8s %12.2f %16s %16s %16s %16s\n' "$v" "$b" "$(awk -v s="$s" 'BEGIN { print s / 1048576 }')" "$rm" "$rq" "$mm" "$mq"
 done

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use adaptivenet_onnx::bundle::{read_public_key, Bundle, KeyError, PublicKey, SubnetId};
 use adaptivenet_onnx::dataset::Dataset;
+use adaptivenet_onnx::datasource::{DataSource, SourceKind};
 use adaptivenet_search::cache::{self, CacheKey};
 use adaptivenet_search::{SearchError, SearchResult};
 
@@ -92,7 +93,8 @@ pub struct ValidationError {
 }
 
 /// Load the configured validation data with the bundle's preprocessing
-/// (at most `limit` items): NPY, IDX, or a folder of images.
+/// (at most `limit` items): NPY, IDX, or a folder of images, laid out as
+/// the model takes them (NCHW or NHWC) and checked against its input shape.
 pub fn load_validation(v: &ValidationData, bundle: &Bundle) -> Result<Dataset, ValidationError> {
     let pre = &bundle.manifest.input.preprocess;
     let err = |source| ValidationError {
@@ -100,32 +102,33 @@ pub fn load_validation(v: &ValidationData, bundle: &Bundle) -> Result<Dataset, V
         source,
     };
     let m = &bundle.manifest;
-    let mut d = if v.images.is_dir() {
-        // A folder of class sub-folders of PNG/JPEG images, resized and laid
-        // out for the model (labels come from the sub-folder names).
-        let item = m.item_shape().unwrap_or_default();
-        let src = adaptivenet_onnx::datasource::DataSource {
-            kind: adaptivenet_onnx::datasource::SourceKind::Folder {
-                dir: v.images.clone(),
-            },
-            start: 0,
-            end: Some(v.limit),
-        };
-        src.load(&item, &m.input.layout, pre, &m.input.labels)
-            .map_err(err)?
-    } else if v.is_npy() {
-        Dataset::from_npy(&v.images, v.labels.as_deref()).map_err(err)?
-    } else {
-        Dataset::from_idx(&v.images, v.labels.as_deref(), pre, 0..v.limit).map_err(err)?
-    };
-    if d.len() > v.limit {
-        let k: usize = d.item_shape.iter().product();
-        d.data.truncate(v.limit * k);
-        if let Some(l) = d.labels.as_mut() {
-            l.truncate(v.limit);
+    let kind = if v.images.is_dir() {
+        // A folder of class sub-folders of PNG/JPEG images, resized (labels
+        // come from the sub-folder names).
+        SourceKind::Folder {
+            dir: v.images.clone(),
         }
-    }
-    Ok(d)
+    } else if v.is_npy() {
+        SourceKind::Npy {
+            tensor: v.images.clone(),
+            labels: v.labels.clone(),
+        }
+    } else {
+        SourceKind::Idx {
+            images: v.images.clone(),
+            labels: v.labels.clone(),
+        }
+    };
+    // The data source lays images out as the model takes them (NCHW or
+    // NHWC) and checks the item shape against the model's input.
+    let src = DataSource {
+        kind,
+        start: 0,
+        end: Some(v.limit),
+    };
+    let item = m.item_shape().unwrap_or_default();
+    src.load(&item, &m.input.layout, pre, &m.input.labels)
+        .map_err(err)
 }
 
 impl Service {

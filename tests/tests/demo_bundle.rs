@@ -3,9 +3,10 @@
 //! `demo/fmnist-mobilenetv2.bundle` (the MobileNetV2-style fixture). Each
 //! verifies against the demo key, its oracle path is the oracle bit for
 //! bit, and its single-branch subnets stay within their bound of the oracle
-//! path (2 points for the ResNet bundle, the issue's goal; the MobileNetV2
-//! bundle does not reach it yet); the ResNet bundle's most merged subnet
-//! also reaches 85% (see [`Demo`] and docs/results.md).
+//! path (2 points for the ResNet bundle, the issue's goal; 3 for the
+//! MobileNetV2 bundle, which does not reach the goal yet); the ResNet
+//! bundle's most merged subnet also reaches 85% (see [`Demo`] and
+//! docs/results.md).
 //!
 //! The accuracy checks run on a stratified 2,000-image subset of the
 //! Fashion-MNIST test set (200 per class; a few minutes per bundle on 2
@@ -64,10 +65,11 @@ fn mobilenet() -> Demo {
         oracle: mobilenet_path(),
         oracle_full_top1: 0.9061,
         // Issue 12's goal (MAX_SINGLE_BRANCH_DROP) is NOT met by this bundle:
-        // on the CI subset its worst single-branch subnet, m1x3, is 5.45
-        // points below the oracle path (2026-12-05; m0x3 -4.80, s0@25
-        // -4.65). This bound guards what it measures until it is retrained.
-        max_single_branch_drop: -0.06,
+        // on the full test set its worst single-branch subnets are m6x3
+        // (-2.97 points), s0@25 (-2.55), m1x3 (-2.53) and m0x3 (-2.51)
+        // (2026-12-05, docs/results.md). This bound guards what it measures
+        // until more training closes the gap.
+        max_single_branch_drop: -0.03,
         // issue 12 sets no goal for the most merged MobileNetV2 subnet
         min_most_merged: None,
     }

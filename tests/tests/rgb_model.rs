@@ -575,5 +575,42 @@ fn rgb_nhwc_model_elastifies_and_serves_uint8_either_layout_and_fp32_nhwc_with_t
     );
     assert!(inspect.contains("[N, 32, 32, 3] float NHWC"), "{inspect}");
     serve_and_compare(&dir, &bundle, &model, "cfmnist-rgb-nhwc", Layout::Nhwc);
+    search_on_the_device(&dir, &bundle);
     println!("whole test: {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// The daemon's own search with the RGB PNG folder as `validation_data`:
+/// the images are laid out as the NHWC model takes them, so the oracle path
+/// scores what it scores through onnxruntime (about 85%; a layout mix-up
+/// would be near chance, and a shape mismatch would leave the accuracy
+/// unmeasured).
+fn search_on_the_device(dir: &Path, bundle: &Path) {
+    let root = dir.join("daemon-search");
+    std::fs::create_dir_all(root.join("bundles")).expect("dirs");
+    let d = Daemon::start(
+        &root,
+        &format!(
+            "worker_threads: 2\nvalidation_data:\n  images: {}\n  limit: 80\n",
+            folder().display()
+        ),
+    );
+    drop_bundle(
+        &d.bundle_dir,
+        "rgb.bundle",
+        &std::fs::read(bundle).expect("bundle"),
+    );
+    let url = "/v2/models/cfmnist-rgb-nhwc/adaptation";
+    wait_until("the on-device search", Duration::from_secs(300), || {
+        let a = d.get_json(url);
+        a["search"]["state"] == "idle" && !a["accuracy"].is_null()
+    });
+    let a = d.get_json(url);
+    let acc = &a["accuracy"];
+    println!("on-device search, NHWC bundle, 80 PNGs: {acc}");
+    assert_eq!(acc["oracle_images"].as_u64(), Some(80), "{acc}");
+    assert!(
+        acc["oracle_pct"].as_f64().is_some_and(|p| p > 70.0),
+        "{acc}\nlog:\n{}",
+        d.log_text()
+    );
 }

@@ -105,13 +105,13 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
-/// The variables of one branch: initializers under its `branch/{id}/` prefix
-/// (the branch copy renames every weight it owns that way).
+/// The variables the optimiser trains for one branch: initializers under
+/// its `branch/{id}/` prefix (the branch copy renames every weight it owns
+/// that way), BatchNormalization statistics left out.
 fn branch_vars(interp: &Interpreter, b: &Branch) -> Vec<candle_core::Var> {
     let prefix = format!("{}/", b.tensor);
     interp
-        .named_vars()
-        .iter()
+        .optimised_vars()
         .filter(|(n, _)| n.starts_with(&prefix))
         .map(|(_, v)| v.clone())
         .collect()

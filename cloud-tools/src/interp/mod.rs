@@ -95,6 +95,9 @@ pub struct Interpreter {
     /// Trainable initializers in initializer order, with their dims.
     vars: Vec<(String, Var)>,
     var_index: HashMap<String, usize>,
+    /// Trainable initializers that are BatchNormalization running
+    /// statistics (its mean and variance inputs): kept out of the optimiser.
+    statistics: HashSet<String>,
     /// Nodes evaluated at load (their outputs are in `consts`).
     folded: Vec<bool>,
 }
@@ -166,10 +169,19 @@ impl Interpreter {
                 consts.insert(t.name.clone(), v);
             }
         }
-        let var_index = vars
+        let var_index: HashMap<String, usize> = vars
             .iter()
             .enumerate()
             .map(|(i, (n, _))| (n.clone(), i))
+            .collect();
+
+        let statistics = full
+            .node
+            .iter()
+            .filter(|n| n.op_type == "BatchNormalization")
+            .flat_map(|n| n.input.iter().skip(3).take(2))
+            .filter(|name| var_index.contains_key(name.as_str()))
+            .cloned()
             .collect();
 
         let graph = GraphProto {
@@ -187,6 +199,7 @@ impl Interpreter {
             consts,
             vars,
             var_index,
+            statistics,
             folded: Vec::new(),
         };
         interp.fold_constants();
@@ -580,6 +593,18 @@ impl Interpreter {
     /// The trainable variables with their initializer names.
     pub fn named_vars(&self) -> &[(String, Var)] {
         &self.vars
+    }
+
+    /// The trainable variables an optimiser updates, with their names:
+    /// all but BatchNormalization's running mean and variance. Those are
+    /// measured statistics, not learned weights (PyTorch keeps them as
+    /// buffers); a gradient step on a variance near 0 can make
+    /// `var + epsilon` negative and the layer NaN (DenseNet121's stored
+    /// variances go down to 1.7e-12).
+    pub fn optimised_vars(&self) -> impl Iterator<Item = &(String, Var)> {
+        self.vars
+            .iter()
+            .filter(|(name, _)| !self.statistics.contains(name))
     }
 
     /// The device the tensors live on.

@@ -153,6 +153,7 @@ const OPS: &[(&str, OpFn)] = &[
     ("Sum", sum),
     ("Relu", clamp_op),
     ("LeakyRelu", leaky_relu),
+    ("PRelu", prelu),
     ("Sigmoid", |ctx| f(candle_nn::ops::sigmoid(&ctx.float(0)?)?)),
     ("HardSigmoid", hard_sigmoid),
     ("HardSwish", |ctx| {
@@ -231,6 +232,15 @@ fn leaky_relu(ctx: &Ctx) -> R<Vec<Value>> {
     let alpha = ctx.attr_f("alpha", 0.01) as f64;
     let x = ctx.float(0)?;
     f((x.relu()? + x.neg()?.relu()?.affine(-alpha, 0.0)?)?)
+}
+
+/// `max(0, x) + slope * min(0, x)`, the slope broadcast to `x` (per channel
+/// as `[C, 1, 1]`, or shared as `[1]`); the slope is a weight, so it trains.
+fn prelu(ctx: &Ctx) -> R<Vec<Value>> {
+    let x = ctx.float(0)?;
+    let slope = ctx.float(1)?;
+    let negative = x.neg()?.relu()?.neg()?;
+    f((x.relu()? + negative.broadcast_mul(&slope)?)?)
 }
 
 fn hard_sigmoid(ctx: &Ctx) -> R<Vec<Value>> {

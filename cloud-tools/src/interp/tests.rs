@@ -484,6 +484,19 @@ fn interp_elementwise_and_head_ops_match_tract() {
         &s,
     );
     check_single(
+        "prelu per channel and shared",
+        vec![
+            node("PRelu", "pc", &["x", "slope_c"], &["a"], vec![]),
+            node("PRelu", "ps", &["x", "slope_1"], &["b"], vec![]),
+            node("Add", "sum", &["a", "b"], &["y"], vec![]),
+        ],
+        vec![
+            init_f("slope_c", &[4, 1, 1], 11),
+            init_f("slope_1", &[1], 12),
+        ],
+        &s,
+    );
+    check_single(
         "broadcast arithmetic",
         vec![
             node("Add", "a", &["x", "p"], &["a"], vec![]),
@@ -608,6 +621,62 @@ fn interp_bad_trainable_name_is_an_error() {
     );
     let err = Interpreter::new(&m, &HashSet::from(["nope".to_string()]), &Device::Cpu).unwrap_err();
     assert!(err.to_string().contains("nope"), "{err}");
+}
+
+/// BatchNormalization's running mean and variance are trainable
+/// initializers of a branch but not optimised: with a stored variance near
+/// 0 (DenseNet121's go down to 1.7e-12), one AdamW step on it made
+/// `var + epsilon` negative and the next loss NaN.
+#[test]
+fn interp_batchnorm_statistics_are_not_optimised() {
+    let s = [2, 3, 4, 4];
+    let mut var = init_pos("var", &[3], 4);
+    var.float_data = vec![1.7e-12, 1.0, 0.5];
+    let m = model(
+        vec![node(
+            "BatchNormalization",
+            "bn",
+            &["x", "scale", "bias", "mean", "var"],
+            &["y"],
+            vec![],
+        )],
+        vec![
+            init_pos("scale", &[3], 1),
+            init_f("bias", &[3], 2),
+            init_f("mean", &[3], 3),
+            var,
+        ],
+        &s,
+        13,
+    );
+    let names: HashSet<String> = ["scale", "bias", "mean", "var"]
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    let interp = Interpreter::new(&m, &names, &Device::Cpu).unwrap();
+    let optimised: Vec<&str> = interp.optimised_vars().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(optimised, ["scale", "bias"]);
+    let vars = interp.optimised_vars().map(|(_, v)| v.clone()).collect();
+    let mut opt = <candle_nn::AdamW as candle_nn::Optimizer>::new(
+        vars,
+        candle_nn::ParamsAdamW {
+            lr: 1e-3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let x = Tensor::from_vec(rand_vec(s.iter().product(), 5), &s, &Device::Cpu).unwrap();
+    let target = Tensor::from_vec(rand_vec(s.iter().product(), 6), &s, &Device::Cpu).unwrap();
+    for step in 0..3 {
+        let y = interp
+            .forward(&[("x", x.clone())], &["y"])
+            .unwrap()
+            .remove(0);
+        let loss = (y - &target).unwrap().sqr().unwrap().mean_all().unwrap();
+        let l = loss.to_scalar::<f32>().unwrap();
+        assert!(l.is_finite(), "step {step}: loss {l}");
+        candle_nn::Optimizer::backward_step(&mut opt, &loss).unwrap();
+    }
 }
 
 /// Conv backward (strided, asymmetric pads, non-square) against finite
