@@ -12,6 +12,8 @@
 #   board    [profile.board] in Cargo.toml (release + fat LTO, codegen-units 1, strip)
 #   board-s  board with opt-level "s"
 #   board-thin  board with lto = "thin" (codegen-units 1)
+#   board-mixed board with opt-level "s" for every dependency but the
+#            inference runtime (tract-core, tract-linalg, tract-data, ndarray)
 #
 # Each variant is a full build of tract (about 10 minutes on 2 cores).
 set -euo pipefail
@@ -27,6 +29,11 @@ for v in "${variants[@]}"; do
     board)      prof=board; cfg=() ;;
     board-s)    prof=board-s; cfg=(--config 'profile.board-s.inherits="board"' --config 'profile.board-s.opt-level="s"') ;;
     board-thin) prof=board-thin; cfg=(--config 'profile.board-thin.inherits="board"' --config 'profile.board-thin.lto="thin"') ;;
+    board-mixed) prof=board-mixed; cfg=(--config 'profile.board-mixed.inherits="board"'
+                   --config 'profile.board-mixed.package."*".opt-level="s"')
+                 for k in tract-core tract-linalg tract-data ndarray; do
+                   cfg+=(--config "profile.board-mixed.package.$k.opt-level=3")
+                 done ;;
     *) echo "unknown variant $v" >&2; exit 2 ;;
   esac
   t0=$(date +%s)
