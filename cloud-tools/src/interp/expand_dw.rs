@@ -4,18 +4,21 @@
 //! block's input channels at full resolution: 12.8 MB for a batch of 64
 //! in the Fashion-MNIST MobileNetV2) never exists in memory. Forward, each
 //! sample's expansion is computed into a per-task scratch that stays in
-//! cache (one GEMM, as `gemm_conv`'s pointwise path) and the depthwise
-//! conv reads it from there (`depthwise`'s padded phase form).
+//! cache (one GEMM, as `gemm_conv`'s pointwise path), directly in
+//! `depthwise`'s padded phase form, and the depthwise conv reads it from
+//! there.
 //!
-//! Backward recomputes the sample's expansion (and, for the mask of the
-//! depthwise's activation, its output) from the input, then runs the
-//! depthwise backward into a scratch expansion gradient, applies the
-//! expansion's activation mask, and finishes with the 1x1's weight, bias
-//! and input gradients, all in one kernel. Unfused, the expansion and its
-//! gradient were written, copied to phase form and back, masked and read
-//! twice more, each a pass over memory. The weight-gradient partial sums
-//! run over fixed runs of samples (`gemm_conv::GRAD_SAMPLES`) added in
-//! order, so the result does not depend on the thread count.
+//! Backward recomputes the sample's expansion from the input, then runs
+//! the depthwise backward (its activation's mask from the saved output)
+//! into a scratch expansion gradient, applies the expansion's activation
+//! mask, and finishes with the 1x1's weight, bias and input gradients, all
+//! in one kernel (which gets its own copy of the small packed parameters,
+//! so that input, output gradient and output fit in three arguments).
+//! Unfused, the expansion and its gradient were written, copied to phase
+//! form and back, masked and read twice more, each a pass over memory.
+//! The weight-gradient partial sums run over fixed runs of samples
+//! (`gemm_conv::GRAD_SAMPLES`) added in order, so the result does not
+//! depend on the thread count.
 //!
 //! The four parameters travel packed in one tensor (custom ops take at
 //! most three arguments): expansion weight `[E·C]`, its bias `[E]`,
@@ -25,7 +28,7 @@
 use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::activation::Clamp;
+use super::activation::{masked, Clamp};
 use super::cpu::{gemm, par_output, par_output_with, sum, In, Kernel, Mat, Op};
 use super::depthwise::Phases;
 use super::gemm_conv::GRAD_SAMPLES;
@@ -266,21 +269,24 @@ impl Kernel<2> for ExpandDw {
     fn backward(
         &self,
         [x, wb]: [&Tensor; 2],
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<[Option<Tensor>; 2]> {
         let (want_x, want_p) = (x.track_op(), wb.track_op());
         if !want_x && !want_p {
             return Ok([None, None]);
         }
+        // the parameters are small: the kernel gets a copy, so the output
+        // (for the depthwise's mask) can be its third argument
         let k = ExpandDwGrad {
             fwd: *self,
+            params: wb.detach().flatten_all()?.to_vec1::<f32>()?,
             want_x,
             want_p,
         };
         let all = x
             .detach()
-            .apply_op3_no_bwd(&wb.detach(), &grad.contiguous()?, &Op(k))?;
+            .apply_op3_no_bwd(&grad.contiguous()?, &res.detach(), &Op(k))?;
         let nx = if want_x { x.elem_count() } else { 0 };
         let gx = if want_x {
             Some(all.narrow(0, 0, nx)?.reshape(x.shape())?)
@@ -296,11 +302,13 @@ impl Kernel<2> for ExpandDw {
     }
 }
 
-/// Gradients: `(x, packed parameters, output gradient)` -> the input
-/// gradient `[N·C·H·W]` (if `want_x`), then the packed parameters'
-/// gradient (if `want_p`).
+/// Gradients: `(x, output gradient, output)` -> the input gradient
+/// `[N·C·H·W]` (if `want_x`), then the packed parameters' gradient (if
+/// `want_p`).
 struct ExpandDwGrad {
     fwd: ExpandDw,
+    /// The packed parameters.
+    params: Vec<f32>,
     want_x: bool,
     want_p: bool,
 }
@@ -314,11 +322,9 @@ struct GradScratch {
     gex: Vec<f32>,
     /// The input gradient in phase form, `[C, P]` (empty without `want_x`).
     gxp: Vec<f32>,
-    /// `ext` layout: the recomputed output's scratch, the gradient.
-    ext: Vec<f32>,
+    /// One output plane's gradient in `ext` layout.
     gext: Vec<f32>,
-    /// One output plane recomputed, and its masked gradient.
-    y: Vec<f32>,
+    /// One output plane's masked gradient.
     gm: Vec<f32>,
 }
 
@@ -331,6 +337,7 @@ impl ExpandDwGrad {
         blk: &Block<'_>,
         x: &[f32],
         gy: &[f32],
+        res: &[f32],
         samples: std::ops::Range<usize>,
         s: &mut GradScratch,
         mut gx: Option<&mut [f32]>,
@@ -347,18 +354,10 @@ impl ExpandDwGrad {
         let first = samples.start;
         for b in samples {
             blk.expand(&x[b * c * hw..(b + 1) * c * hw], &mut s.xp, &mut s.ex)?;
-            let gyn = &gy[b * e * ohw..(b + 1) * e * ohw];
             for ch in 0..e {
                 let p = &s.ex[ch * pl..(ch + 1) * pl];
-                let g = &gyn[ch * ohw..(ch + 1) * ohw];
-                let g: &[f32] = match &blk.act2 {
-                    Some(act) => {
-                        blk.depthwise(ch, p, &mut s.ext, &mut s.y);
-                        act.mask_into(&s.y, g, &mut s.gm);
-                        &s.gm
-                    }
-                    None => g,
-                };
+                let at = (b * e + ch) * ohw..(b * e + ch + 1) * ohw;
+                let g = masked(blk.act2, &res[at.clone()], &gy[at], &mut s.gm);
                 blk.ph.to_ext(g, &mut s.gext);
                 if self.want_p {
                     let (_, rest) = acc.split_at_mut(e * c + e);
@@ -432,11 +431,11 @@ impl ExpandDwGrad {
 impl Kernel<3> for ExpandDwGrad {
     const NAME: &'static str = "adaptivenet-expand-depthwise-grad";
 
-    fn run(&self, [x, wb, gy]: [In<'_>; 3]) -> Result<(Vec<f32>, Shape)> {
-        let (n, blk) = self.fwd.block(&x, wb.data)?;
+    fn run(&self, [x, gy, res]: [In<'_>; 3]) -> Result<(Vec<f32>, Shape)> {
+        let (n, blk) = self.fwd.block(&x, &self.params)?;
         let (c, e, hw) = (blk.c, blk.e, blk.hw);
         let [oh, ow] = self.fwd.geom.out;
-        if gy.dims != [n, e, oh, ow] {
+        if gy.dims != [n, e, oh, ow] || res.dims != gy.dims {
             candle_core::bail!(
                 "output gradient {:?} for input {:?} and output size {:?}",
                 gy.dims,
@@ -444,8 +443,8 @@ impl Kernel<3> for ExpandDwGrad {
                 self.fwd.geom.out
             );
         }
-        let (x, gy) = (x.data, gy.data);
-        let np = if self.want_p { wb.data.len() } else { 0 };
+        let (x, gy, res) = (x.data, gy.data, res.data);
+        let np = if self.want_p { self.params.len() } else { 0 };
         let init = || GradScratch {
             xp: blk.input_phases(),
             ex: blk.expansion(),
@@ -455,9 +454,7 @@ impl Kernel<3> for ExpandDwGrad {
             } else {
                 Vec::new()
             },
-            ext: vec![0f32; blk.ph.ext_len()],
             gext: vec![0f32; blk.ph.ext_len()],
-            y: vec![0f32; blk.ohw],
             gm: vec![0f32; blk.ohw],
         };
         // one task (and one partial sum) per run of GRAD_SAMPLES samples
@@ -465,12 +462,12 @@ impl Kernel<3> for ExpandDwGrad {
         let runs = |t: usize| t * per..((t + 1) * per).min(n);
         let (mut out, partials) = if self.want_x {
             par_output_with(n * c * hw, np, per * c * hw, init, |s, t, gx| {
-                self.part(&blk, x, gy, runs(t), s, Some(gx))
+                self.part(&blk, x, gy, res, runs(t), s, Some(gx))
             })?
         } else {
             let partials = (0..n.div_ceil(per))
                 .into_par_iter()
-                .map_init(init, |s, t| self.part(&blk, x, gy, runs(t), s, None))
+                .map_init(init, |s, t| self.part(&blk, x, gy, res, runs(t), s, None))
                 .collect::<Result<Vec<_>>>()?;
             (Vec::with_capacity(np), partials)
         };
