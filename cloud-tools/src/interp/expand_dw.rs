@@ -331,13 +331,12 @@ struct GradScratch {
 impl ExpandDwGrad {
     /// The packed parameters' gradient over samples `samples` (zero length
     /// without `want_p`), and the input gradient of each into `gx` (the
-    /// samples' `[C, H·W]` pieces in order) if given.
+    /// samples' `[C, H·W]` pieces in order) if given, from the input, the
+    /// output gradient and the output.
     fn part(
         &self,
         blk: &Block<'_>,
-        x: &[f32],
-        gy: &[f32],
-        res: &[f32],
+        [x, gy, res]: [&[f32]; 3],
         samples: std::ops::Range<usize>,
         s: &mut GradScratch,
         mut gx: Option<&mut [f32]>,
@@ -462,12 +461,12 @@ impl Kernel<3> for ExpandDwGrad {
         let runs = |t: usize| t * per..((t + 1) * per).min(n);
         let (mut out, partials) = if self.want_x {
             par_output_with(n * c * hw, np, per * c * hw, init, |s, t, gx| {
-                self.part(&blk, x, gy, res, runs(t), s, Some(gx))
+                self.part(&blk, [x, gy, res], runs(t), s, Some(gx))
             })?
         } else {
             let partials = (0..n.div_ceil(per))
                 .into_par_iter()
-                .map_init(init, |s, t| self.part(&blk, x, gy, res, runs(t), s, None))
+                .map_init(init, |s, t| self.part(&blk, [x, gy, res], runs(t), s, None))
                 .collect::<Result<Vec<_>>>()?;
             (Vec::with_capacity(np), partials)
         };

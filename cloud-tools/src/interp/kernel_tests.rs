@@ -1,6 +1,7 @@
-//! Tests of the dedicated convolution kernels (dense GEMM, depthwise) and
-//! the clamping activations: values and all gradients against candle's
-//! reference `conv2d` and its backward, case by case from tables.
+//! Tests of the dedicated convolution kernels (dense GEMM, depthwise, the
+//! fused expansion + depthwise) and the clamping activations: values and
+//! all gradients against candle's reference `conv2d` and its backward,
+//! case by case from tables.
 
 use candle_core::{Device, Tensor, Var};
 
