@@ -65,6 +65,14 @@ impl Clamp {
             *o = if yv > lo && yv < hi { gv } else { 0.0 };
         }
     }
+
+    /// `g[i]` zeroed where the output `y[i]` did not pass the clamp.
+    pub fn mask_in_place(&self, y: &[f32], g: &mut [f32]) {
+        let (lo, hi) = self.open_range();
+        for (o, &yv) in g.iter_mut().zip(y) {
+            *o = if yv > lo && yv < hi { *o } else { 0.0 };
+        }
+    }
 }
 
 /// The gradient `g` of one sample or plane of a clamp's output `y` as the

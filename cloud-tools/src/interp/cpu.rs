@@ -228,14 +228,27 @@ pub(super) fn par_output<S>(
     init: impl Fn() -> S + Sync + Send,
     f: impl Fn(&mut S, usize, &mut [f32]) -> Result<()> + Sync + Send,
 ) -> Result<Vec<f32>> {
+    Ok(par_output_with(len, 0, chunk, init, f)?.0)
+}
+
+/// [`par_output`] whose pieces also give a value each (a partial sum of
+/// weight gradients), returned in piece order; the output vector has room
+/// for `extra` more floats (appended without reallocating).
+pub(super) fn par_output_with<S, T: Send>(
+    len: usize,
+    extra: usize,
+    chunk: usize,
+    init: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, usize, &mut [f32]) -> Result<T> + Sync + Send,
+) -> Result<(Vec<f32>, Vec<T>)> {
     if len == 0 || chunk == 0 {
-        return Ok(vec![0f32; len]);
+        return Ok((vec![0f32; len], Vec::new()));
     }
-    let mut v: Vec<f32> = Vec::with_capacity(len);
-    v.spare_capacity_mut()[..len]
+    let mut v: Vec<f32> = Vec::with_capacity(len + extra);
+    let parts = v.spare_capacity_mut()[..len]
         .par_chunks_mut(chunk)
         .enumerate()
-        .try_for_each_init(init, |state, (i, piece)| {
+        .map_init(init, |state, (i, piece)| {
             for e in piece.iter_mut() {
                 e.write(0.0);
             }
@@ -243,11 +256,12 @@ pub(super) fn par_output<S>(
             // and `MaybeUninit<f32>` has the layout of `f32`.
             let piece = unsafe { &mut *(piece as *mut [MaybeUninit<f32>] as *mut [f32]) };
             f(state, i, piece)
-        })?;
+        })
+        .collect::<Result<Vec<T>>>()?;
     // SAFETY: the pieces cover `0..len` (capacity >= len) and every one was
     // initialised (an error returned above, before this).
     unsafe { v.set_len(len) };
-    Ok(v)
+    Ok((v, parts))
 }
 
 /// The sum of `a` in 8 interleaved partial sums (a plain `iter().sum()`
@@ -259,6 +273,27 @@ pub(super) fn sum(a: &[f32]) -> f32 {
     for c in chunks {
         for (s, v) in acc.iter_mut().zip(c) {
             *s += v;
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// The dot product of `a` and `b` (as long as the shorter), in 8
+/// interleaved partial sums like [`sum`].
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let rest: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (u, v) in ca.zip(cb) {
+        for ((s, x), y) in acc.iter_mut().zip(u).zip(v) {
+            *s += x * y;
         }
     }
     acc.iter().sum::<f32>() + rest

@@ -24,7 +24,7 @@ use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::activation::{masked, Clamp};
-use super::cpu::{apply_conv, conv_backward, par_output, sum, In, Kernel};
+use super::cpu::{apply_conv, conv_backward, dot, par_output, sum, In, Kernel};
 use super::geom::ConvGeom;
 
 /// Depthwise convolution of `x` `[N,C,H,W]` with `w` `[C,1,kh,kw]` plus
@@ -60,7 +60,7 @@ pub fn depthwise_conv2d(
 /// With output positions laid out `wq` apart per row (`ext` layout, the
 /// columns `ow..wq` unused), every tap is a fixed shift of the flat index.
 #[derive(Debug, Clone)]
-struct Phases {
+pub(super) struct Phases {
     h: usize,
     w: usize,
     s: [usize; 2],
@@ -74,7 +74,7 @@ struct Phases {
 }
 
 impl Phases {
-    fn new(g: &ConvGeom, h: usize, w: usize) -> Phases {
+    pub(super) fn new(g: &ConvGeom, h: usize, w: usize) -> Phases {
         let [oh, ow] = g.out;
         let (s, d) = (g.s, g.d);
         let reach = |k: usize, axis: usize| (d[axis] * k.saturating_sub(1)) / s[axis];
@@ -101,12 +101,12 @@ impl Phases {
     }
 
     /// Length of the phase form.
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.s[0] * self.s[1] * self.hq * self.wq
     }
 
     /// Length of a plane in `ext` layout (up to the last output).
-    fn ext_len(&self) -> usize {
+    pub(super) fn ext_len(&self) -> usize {
         let [oh, ow] = self.out;
         if oh == 0 || ow == 0 {
             0
@@ -146,7 +146,7 @@ impl Phases {
     /// Copy plane `x` into phase form `p`. Positions no input maps to
     /// (the padding) are never written: `p` must start zeroed, and stays
     /// valid for the next plane.
-    fn split(&self, x: &[f32], p: &mut [f32]) {
+    pub(super) fn split(&self, x: &[f32], p: &mut [f32]) {
         let s1 = self.s[1];
         for iy in 0..self.h {
             let row = &x[iy * self.w..(iy + 1) * self.w];
@@ -171,7 +171,7 @@ impl Phases {
 
     /// Plane `gx` from the phase-form gradient `gp` (inputs no window
     /// reaches get 0).
-    fn unsplit(&self, gp: &[f32], gx: &mut [f32]) {
+    pub(super) fn unsplit(&self, gp: &[f32], gx: &mut [f32]) {
         let s1 = self.s[1];
         for iy in 0..self.h {
             let row = &mut gx[iy * self.w..(iy + 1) * self.w];
@@ -191,7 +191,7 @@ impl Phases {
 
     /// `ext[oy·wq + ox] = g[oy·ow + ox]` (the unused columns of `ext` are
     /// never written: it must start zeroed, and stays valid).
-    fn to_ext(&self, g: &[f32], ext: &mut [f32]) {
+    pub(super) fn to_ext(&self, g: &[f32], ext: &mut [f32]) {
         let ow = self.out[1];
         for (oy, row) in g.chunks_exact(ow.max(1)).enumerate() {
             ext[oy * self.wq..oy * self.wq + ow].copy_from_slice(row);
@@ -199,7 +199,7 @@ impl Phases {
     }
 
     /// y (`[oh·ow]`) = bias + Σ_taps w · window, via `ext` scratch.
-    fn forward(&self, p: &[f32], wk: &[f32], bias: f32, ext: &mut [f32], y: &mut [f32]) {
+    pub(super) fn forward(&self, p: &[f32], wk: &[f32], bias: f32, ext: &mut [f32], y: &mut [f32]) {
         let n = self.ext_len();
         let ext = &mut ext[..n];
         ext.fill(bias);
@@ -215,7 +215,7 @@ impl Phases {
     }
 
     /// Phase-form input gradient `gp` = Σ_taps w · shifted `g_ext`.
-    fn input_grad(&self, g_ext: &[f32], wk: &[f32], gp: &mut [f32]) {
+    pub(super) fn input_grad(&self, g_ext: &[f32], wk: &[f32], gp: &mut [f32]) {
         let n = self.ext_len();
         gp.fill(0.0);
         for (&wv, &off) in wk.iter().zip(&self.taps) {
@@ -234,6 +234,17 @@ impl Phases {
             for ((a, u), v) in a.iter_mut().zip(&g_ext[..n]).zip(&p[off..off + n]) {
                 *a += u * v;
             }
+        }
+    }
+
+    /// `out[t] += Σ_i g_ext[i] · window_t[i]` for every tap: one plane's
+    /// contribution to its channel's weight gradient, reduced at once
+    /// (the fused expansion + depthwise kernel, which goes sample by
+    /// sample rather than channel by channel).
+    pub(super) fn weight_grad_dot(&self, p: &[f32], g_ext: &[f32], out: &mut [f32]) {
+        let n = self.ext_len();
+        for (o, &off) in out.iter_mut().zip(&self.taps) {
+            *o += dot(&g_ext[..n], &p[off..off + n]);
         }
     }
 }

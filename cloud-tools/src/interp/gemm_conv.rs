@@ -28,7 +28,7 @@ use super::geom::{ConvGeom, Taps};
 
 /// Samples per partial sum of the weight gradient (fixed, not per thread,
 /// so the result does not depend on the thread count).
-const GRAD_SAMPLES: usize = 8;
+pub(super) const GRAD_SAMPLES: usize = 8;
 
 /// Convolution of `x` `[N,C,H,W]` with `w` `[O,C,kh,kw]` plus the bias
 /// `b` `[O]` if any, then the activation `act` if any.

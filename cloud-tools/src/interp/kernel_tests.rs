@@ -1,6 +1,7 @@
-//! Tests of the dedicated convolution kernels (dense GEMM, depthwise) and
-//! the clamping activations: values and all gradients against candle's
-//! reference `conv2d` and its backward, case by case from tables.
+//! Tests of the dedicated convolution kernels (dense GEMM, depthwise, the
+//! fused expansion + depthwise) and the clamping activations: values and
+//! all gradients against candle's reference `conv2d` and its backward,
+//! case by case from tables.
 
 use candle_core::{Device, Tensor, Var};
 
@@ -559,4 +560,268 @@ fn residual_conv_matches_conv_add_clamp() {
     assert!(
         gemm_conv::conv2d_residual(x.as_tensor(), w.as_tensor(), None, &bad, geom, None).is_err()
     );
+}
+
+/// The fused expansion (1x1) + depthwise op equals candle's conv2d, bias
+/// and relu/minimum for both convs, values and the gradients of the input
+/// and all four parameters: strides 1 and 2, paddings 0 and 1 (and one
+/// asymmetric), with and without each Relu6, odd and non-square planes.
+#[test]
+fn expand_depthwise_matches_conv_clamp_conv_clamp() {
+    use super::expand_dw::expand_depthwise;
+
+    let reference = |x: &Tensor,
+                     w1: &Tensor,
+                     b1: &Tensor,
+                     act1: Option<Clamp>,
+                     wd: &Tensor,
+                     bd: &Tensor,
+                     [s, d]: [usize; 2],
+                     [pt, pl, pb, pr]: [usize; 4],
+                     act2: Option<Clamp>| {
+        let clamp = |y: Tensor, act: Option<Clamp>| match act {
+            Some(act) => {
+                let y = y.relu().unwrap();
+                match act.hi {
+                    Some(hi) => y.minimum(hi).unwrap(),
+                    None => y,
+                }
+            }
+            None => y,
+        };
+        let e = w1.dim(0).unwrap();
+        let y = x
+            .conv2d(w1, 0, 1, 1, 1)
+            .unwrap()
+            .broadcast_add(&b1.reshape((1, e, 1, 1)).unwrap())
+            .unwrap();
+        let y = clamp(y, act1);
+        let (_, _, h, w) = y.dims4().unwrap();
+        let k = wd.dim(2).unwrap();
+        let ek = d * (k - 1) + 1;
+        let out = [(h + pt + pb - ek) / s + 1, (w + pl + pr - ek) / s + 1];
+        let used = [(out[0] - 1) * s + ek, (out[1] - 1) * s + ek];
+        let yp = y
+            .pad_with_zeros(2, pt, pb)
+            .unwrap()
+            .pad_with_zeros(3, pl, pr)
+            .unwrap()
+            .narrow(2, 0, used[0])
+            .unwrap()
+            .narrow(3, 0, used[1])
+            .unwrap();
+        let z = yp
+            .conv2d(wd, 0, s, d, e)
+            .unwrap()
+            .broadcast_add(&bd.reshape((1, e, 1, 1)).unwrap())
+            .unwrap();
+        (clamp(z, act2), out)
+    };
+    let mut n_cases = 0;
+    // (c, e, h, w, k, stride, dilation, pads)
+    let shapes = [
+        (3, 5, 9, 9, 3, 1, 1, [1; 4]),
+        (3, 5, 9, 9, 3, 2, 1, [1; 4]),
+        (4, 6, 7, 10, 3, 2, 1, [0; 4]),
+        (2, 7, 8, 8, 3, 1, 1, [0; 4]),
+        (5, 4, 11, 7, 3, 2, 2, [1; 4]),
+        (3, 6, 9, 8, 3, 2, 1, [1, 0, 0, 2]),
+        (16, 64, 28, 28, 3, 2, 1, [1; 4]),
+    ];
+    for (i, &(c, e, h, w, k, s, d, pads)) in shapes.iter().enumerate() {
+        for (j, (act1, act2)) in [
+            (Some(RELU6), Some(RELU6)),
+            (None, Some(RELU6)),
+            (Some(RELU6), None),
+            (None, None),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let seed = 1400 + 100 * i as u64 + 10 * j as u64;
+            let n = 3;
+            let x = Var::from_vec(
+                rand_vec(n * c * h * w, seed)
+                    .iter()
+                    .map(|v| v * 4.0)
+                    .collect(),
+                (n, c, h, w),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let w1 = var(&[e, c, 1, 1], seed + 1);
+            let b1 = var(&[e], seed + 2);
+            // weights up to +-2 so the depthwise's ReLU6 saturates too
+            let wd = Var::from_vec(
+                rand_vec(e * k * k, seed + 3)
+                    .iter()
+                    .map(|v| v * 2.0)
+                    .collect(),
+                (e, 1, k, k),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let bd = var(&[e], seed + 4);
+            let (y2, out) = reference(
+                x.as_tensor(),
+                w1.as_tensor(),
+                b1.as_tensor(),
+                act1,
+                wd.as_tensor(),
+                bd.as_tensor(),
+                [s, d],
+                pads,
+                act2,
+            );
+            let geom = ConvGeom {
+                k: [k, k],
+                s: [s, s],
+                d: [d, d],
+                pad: [pads[0], pads[1]],
+                out,
+            };
+            let y1 = expand_depthwise(
+                x.as_tensor(),
+                w1.as_tensor(),
+                Some(b1.as_tensor()),
+                act1,
+                wd.as_tensor(),
+                Some(bd.as_tensor()),
+                geom,
+                act2,
+            )
+            .unwrap();
+            let label = format!("{c}->{e} {h}x{w} k{k} s{s} d{d} {pads:?} {act1:?} {act2:?}");
+            let diff = max_abs_diff(&y1, &y2);
+            assert!(
+                diff < 1e-5 * max_abs(&y2),
+                "{label}: values differ by {diff}"
+            );
+            let r = Tensor::from_vec(rand_vec(y1.elem_count(), seed + 5), y1.dims(), &Device::Cpu)
+                .unwrap();
+            let g1 = (&y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (&y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, v) in [
+                ("x", &x),
+                ("w1", &w1),
+                ("b1", &b1),
+                ("wd", &wd),
+                ("bd", &bd),
+            ] {
+                let got = g1.get(v.as_tensor()).expect("gradient of the fused op");
+                let want = g2.get(v.as_tensor()).expect("reference gradient");
+                let diff = max_abs_diff(got, want);
+                let scale = max_abs(want);
+                assert!(
+                    diff < 1e-5 * scale,
+                    "{label}: gradient of {name} differs by {diff} (scale {scale})"
+                );
+            }
+            n_cases += 1;
+        }
+    }
+    assert_eq!(n_cases, 28);
+
+    // an untracked input (a fed cut tensor) gets no gradient, the
+    // parameters still do; no biases; wrong shapes are errors
+    let x = Tensor::from_vec(rand_vec(2 * 3 * 36, 1), (2, 3, 6, 6), &Device::Cpu).unwrap();
+    let w1 = var(&[4, 3, 1, 1], 2);
+    let wd = var(&[4, 1, 3, 3], 3);
+    let geom = ConvGeom {
+        k: [3, 3],
+        s: [1, 1],
+        d: [1, 1],
+        pad: [1, 1],
+        out: [6, 6],
+    };
+    let y = expand_depthwise(
+        &x,
+        w1.as_tensor(),
+        None,
+        Some(RELU6),
+        wd.as_tensor(),
+        None,
+        geom,
+        None,
+    )
+    .unwrap();
+    let g = y.sum_all().unwrap().backward().unwrap();
+    assert!(g.get(&x).is_none());
+    assert!(g.get(w1.as_tensor()).is_some() && g.get(wd.as_tensor()).is_some());
+    let bad = var(&[5, 1, 3, 3], 4);
+    assert!(expand_depthwise(
+        &x,
+        w1.as_tensor(),
+        None,
+        None,
+        bad.as_tensor(),
+        None,
+        geom,
+        None
+    )
+    .is_err());
+    let bad = var(&[4, 2, 1, 1], 5);
+    assert!(expand_depthwise(
+        &x,
+        bad.as_tensor(),
+        None,
+        None,
+        wd.as_tensor(),
+        None,
+        geom,
+        None
+    )
+    .is_err());
+}
+
+/// The fused expansion + depthwise gradients are bit for bit the same on 1
+/// and 3 threads (weight-gradient partial sums over fixed runs of samples,
+/// added in order): a sharded elastify must match one process.
+#[test]
+fn expand_depthwise_gradients_do_not_depend_on_threads() {
+    use super::expand_dw::expand_depthwise;
+
+    let (n, c, e, h) = (21, 4, 12, 10);
+    let x = var(&[n, c, h, h], 1500);
+    let w1 = var(&[e, c, 1, 1], 1501);
+    let b1 = var(&[e], 1502);
+    let wd = var(&[e, 1, 3, 3], 1503);
+    let bd = var(&[e], 1504);
+    let geom = ConvGeom {
+        k: [3, 3],
+        s: [2, 2],
+        d: [1, 1],
+        pad: [1, 1],
+        out: [5, 5],
+    };
+    let grads = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let y = expand_depthwise(
+                x.as_tensor(),
+                w1.as_tensor(),
+                Some(b1.as_tensor()),
+                Some(RELU6),
+                wd.as_tensor(),
+                Some(bd.as_tensor()),
+                geom,
+                Some(RELU6),
+            )
+            .unwrap();
+            let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            [&x, &w1, &b1, &wd, &bd].map(|v| to_vec(g.get(v.as_tensor()).unwrap()))
+        })
+    };
+    let (one, three) = (grads(1), grads(3));
+    for (a, b) in one.iter().zip(&three) {
+        assert!(a.iter().any(|v| *v != 0.0));
+        let (a, b): (Vec<u32>, Vec<u32>) = (
+            a.iter().map(|v| v.to_bits()).collect(),
+            b.iter().map(|v| v.to_bits()).collect(),
+        );
+        assert_eq!(a, b);
+    }
 }

@@ -14,6 +14,7 @@ pub mod activation;
 pub mod conv_grad;
 pub mod cpu;
 pub mod depthwise;
+pub mod expand_dw;
 pub mod gemm_conv;
 pub mod geom;
 pub mod ops;
@@ -26,6 +27,7 @@ mod kernel_tests;
 mod tests;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use adaptivenet_onnx::tract_onnx::pb::{GraphProto, ModelProto, NodeProto, TensorProto};
 use adaptivenet_onnx::GraphIndex;
@@ -80,6 +82,28 @@ struct Fused {
     activation: Option<activation::Clamp>,
     /// The other input of a following residual Add (Conv only).
     residual: Option<Value>,
+    /// A following depthwise Conv (1x1 Conv only).
+    depthwise: Option<FusedDepthwise>,
+}
+
+/// A depthwise Conv node fused after a 1x1 Conv (and its Relu/Clip).
+struct FusedDepthwise {
+    /// The depthwise Conv node.
+    node: usize,
+    weight: Value,
+    bias: Option<Value>,
+    /// Its following Relu/Clip.
+    activation: Option<activation::Clamp>,
+}
+
+/// The nodes a 1x1 Conv takes over in an expansion + depthwise fusion.
+struct ExpandDepthwise {
+    /// The 1x1's Relu/Clip.
+    act1: Option<FusedClamp>,
+    /// The depthwise Conv node.
+    depthwise: usize,
+    /// The depthwise's Relu/Clip.
+    act2: Option<FusedClamp>,
 }
 
 /// An ONNX model ready to run forward and backward on candle.
@@ -100,6 +124,11 @@ pub struct Interpreter {
     statistics: HashSet<String>,
     /// Nodes evaluated at load (their outputs are in `consts`).
     folded: Vec<bool>,
+    /// Whether a 1x1 Conv and the depthwise Conv after it run as one op
+    /// (`expand_dw`); tests turn it off to compare with the unfused path.
+    pub(crate) fuse_expand_depthwise: bool,
+    /// How many expansion + depthwise fusions `forward` has run.
+    pub(crate) expand_depthwise_runs: AtomicUsize,
 }
 
 impl std::fmt::Debug for Interpreter {
@@ -201,6 +230,8 @@ impl Interpreter {
             var_index,
             statistics,
             folded: Vec::new(),
+            fuse_expand_depthwise: true,
+            expand_depthwise_runs: AtomicUsize::new(0),
         };
         interp.fold_constants();
         Ok(interp)
@@ -260,6 +291,12 @@ impl Interpreter {
             outputs_needed: outputs_needed.clone(),
             activation: fused.activation,
             residual: fused.residual,
+            depthwise: fused.depthwise.map(|d| ops::DepthwiseStage {
+                node: &self.graph.node[d.node],
+                weight: d.weight,
+                bias: d.bias,
+                activation: d.activation,
+            }),
         };
         let op = if node.domain.is_empty() {
             node.op_type.clone()
@@ -346,6 +383,7 @@ impl Interpreter {
             outputs_needed: vec![true],
             activation: None,
             residual: None,
+            depthwise: None,
         };
         ops::clamp_bounds(&ctx).ok().flatten().map(|b| (jx, b))
     }
@@ -399,6 +437,88 @@ impl Interpreter {
             return None;
         }
         Some((jx, other, self.fusable_activation(jx, after, uses, keep)))
+    }
+
+    /// The Relu/Clip, depthwise Conv and Relu/Clip that Conv node
+    /// `nodes[pos]` can take over as one expansion + depthwise op
+    /// (`expand_dw`): on the CPU, a `group` 1 Conv with a stored 1x1
+    /// weight, stride 1, dilation 1 and no padding, then optionally a
+    /// Relu/Clip with constant bounds, then a Conv whose `group` equals
+    /// its input and output channels (stored weight and bias), then
+    /// optionally a Relu/Clip; each intermediate tensor read by the next
+    /// node only and not wanted.
+    fn fusable_expand_depthwise(
+        &self,
+        nodes: &[usize],
+        pos: usize,
+        uses: &HashMap<&str, usize>,
+        keep: &HashSet<&str>,
+    ) -> Option<ExpandDepthwise> {
+        let default_domain = |d: &str| d.is_empty() || d == "ai.onnx";
+        let attr = |n: &NodeProto, name: &str| n.attribute.iter().find(|a| a.name == name).cloned();
+        let all = |n: &NodeProto, name: &str, v: i64| {
+            attr(n, name).is_none_or(|a| a.ints.iter().all(|&x| x == v))
+        };
+        let float_dims = |name: &str| match self.stored(name)? {
+            Value::Float(t) => Some(t.dims().to_vec()),
+            Value::Int(_) => None,
+        };
+        let single_output = |n: &NodeProto| match n.output.as_slice() {
+            [o] if !o.is_empty() => Some(o.clone()),
+            _ => None,
+        };
+        let ix = *nodes.get(pos)?;
+        let node = &self.graph.node[ix];
+        if !self.fuse_expand_depthwise
+            || !self.device.is_cpu()
+            || node.op_type != "Conv"
+            || !default_domain(&node.domain)
+            || attr(node, "group").is_some_and(|a| a.i != 1)
+            || !all(node, "strides", 1)
+            || !all(node, "dilations", 1)
+            || !all(node, "pads", 0)
+            || !all(node, "kernel_shape", 1)
+            || attr(node, "auto_pad")
+                .is_some_and(|a| !matches!(a.s.as_slice(), b"" | b"NOTSET" | b"VALID"))
+        {
+            return None;
+        }
+        single_output(node)?;
+        let w1 = float_dims(node.input.get(1)?)?;
+        let &[e, _, 1, 1] = w1.as_slice() else {
+            return None;
+        };
+        let act1 = self.fusable_activation(ix, nodes.get(pos + 1).copied(), uses, keep);
+        let mid_node = act1.map_or(ix, |(jx, _)| jx);
+        let mid = single_output(&self.graph.node[mid_node])?;
+        let dpos = pos + 1 + usize::from(act1.is_some());
+        let dx = *nodes.get(dpos)?;
+        let dw = &self.graph.node[dx];
+        if dw.op_type != "Conv"
+            || !default_domain(&dw.domain)
+            || dw.input.first() != Some(&mid)
+            || uses.get(mid.as_str()) != Some(&1)
+            || keep.contains(mid.as_str())
+            || attr(dw, "group").map_or(1, |a| a.i) != e as i64
+        {
+            return None;
+        }
+        single_output(dw)?;
+        let wd = float_dims(dw.input.get(1)?)?;
+        if !matches!(wd.as_slice(), &[o, 1, _, _] if o == e) {
+            return None;
+        }
+        if let Some(b) = dw.input.get(2).filter(|b| !b.is_empty()) {
+            if float_dims(b)?.iter().product::<usize>() != e {
+                return None;
+            }
+        }
+        let act2 = self.fusable_activation(dx, nodes.get(dpos + 1).copied(), uses, keep);
+        Some(ExpandDepthwise {
+            act1,
+            depthwise: dx,
+            act2,
+        })
     }
 
     /// A constant or parameter value by name.
@@ -485,8 +605,9 @@ impl Interpreter {
 
         // A Conv or Add followed by the Relu/Clip that alone reads it runs
         // as one fused op, and so does a Conv followed by the residual Add
-        // that alone reads it (and that Add's Relu/Clip); the fused nodes
-        // are then skipped.
+        // that alone reads it (and that Add's Relu/Clip), and a 1x1 Conv
+        // followed by a depthwise Conv (each with its Relu/Clip); the fused
+        // nodes are then skipped.
         let mut skip: Vec<usize> = Vec::new();
         for (pos, &ix) in nodes.iter().enumerate() {
             if let Some(i) = skip.iter().position(|&s| s == ix) {
@@ -518,16 +639,22 @@ impl Interpreter {
                 })
                 .collect();
             let (next, after) = (nodes.get(pos + 1).copied(), nodes.get(pos + 2).copied());
-            let residual = self.fusable_residual(ix, next, after, &uses, &keep, |t| {
-                values.contains_key(t) || self.stored(t).is_some()
-            });
-            let act = match residual {
-                Some((_, _, act)) => act,
-                None => self.fusable_activation(ix, next, &uses, &keep),
+            let expand = self.fusable_expand_depthwise(&nodes, pos, &uses, &keep);
+            let residual = match expand {
+                Some(_) => None,
+                None => self.fusable_residual(ix, next, after, &uses, &keep, |t| {
+                    values.contains_key(t) || self.stored(t).is_some()
+                }),
+            };
+            let act = match (&expand, residual) {
+                (Some(x), _) => x.act1,
+                (None, Some((_, _, act))) => act,
+                (None, None) => self.fusable_activation(ix, next, &uses, &keep),
             };
             let mut fused = Fused {
                 activation: act.map(|(_, b)| b),
                 residual: None,
+                depthwise: None,
             };
             // the inputs the fused nodes consume, besides the node's own
             let mut consumed: Vec<&str> = node
@@ -552,6 +679,47 @@ impl Interpreter {
             if let Some((jx, _)) = act {
                 skip.push(jx);
                 last = jx;
+            }
+            if let Some(x) = expand {
+                let dw = &self.graph.node[x.depthwise];
+                let param = |i: usize| -> Result<Option<Value>> {
+                    let Some(name) = dw.input.get(i).filter(|n| !n.is_empty()) else {
+                        return Ok(None);
+                    };
+                    let v = values
+                        .get(name.as_str())
+                        .cloned()
+                        .or_else(|| self.stored(name));
+                    v.map(Some).ok_or_else(|| InterpError::Node {
+                        op: dw.op_type.clone(),
+                        node: node_label(dw, x.depthwise),
+                        msg: format!("input `{name}` is not available"),
+                    })
+                };
+                fused.depthwise = Some(FusedDepthwise {
+                    node: x.depthwise,
+                    weight: param(1)?.ok_or_else(|| InterpError::Node {
+                        op: dw.op_type.clone(),
+                        node: node_label(dw, x.depthwise),
+                        msg: "no weight".into(),
+                    })?,
+                    bias: param(2)?,
+                    activation: x.act2.map(|(_, b)| b),
+                });
+                consumed.extend(
+                    dw.input
+                        .iter()
+                        .skip(1)
+                        .filter(|i| !i.is_empty())
+                        .map(String::as_str),
+                );
+                skip.push(x.depthwise);
+                last = x.depthwise;
+                if let Some((jx, _)) = x.act2 {
+                    skip.push(jx);
+                    last = jx;
+                }
+                self.expand_depthwise_runs.fetch_add(1, Ordering::Relaxed);
             }
             let outs = self.run_node(ix, inputs, needed, fused)?;
             for name in consumed {

@@ -56,6 +56,18 @@ pub struct Ctx<'a> {
     /// A residual Add fused into this Conv: added to the conv's output
     /// (before `activation`), the node's output is the Add's.
     pub residual: Option<Value>,
+    /// A depthwise Conv (and its Relu/Clip) fused after this 1x1 Conv
+    /// (and its `activation`): the node's output is the depthwise's.
+    pub depthwise: Option<DepthwiseStage<'a>>,
+}
+
+/// The depthwise Conv node of an expansion + depthwise fusion, with its
+/// weight and bias and the Relu/Clip fused after it.
+pub struct DepthwiseStage<'a> {
+    pub node: &'a NodeProto,
+    pub weight: Value,
+    pub bias: Option<Value>,
+    pub activation: Option<Clamp>,
 }
 
 impl<'a> Ctx<'a> {
@@ -1006,7 +1018,89 @@ fn out_size(input: usize, pad: usize, ek: usize, s: usize, ceil: bool) -> R<usiz
     })
 }
 
+/// A 1x1 Conv and the depthwise Conv after it as one CPU op (the
+/// interpreter checked the pattern: 1x1 with stride 1, no padding; the
+/// depthwise's group equals its channels).
+fn expand_depthwise(ctx: &Ctx, dw: &DepthwiseStage) -> R<Vec<Value>> {
+    let x = ctx.float(0)?;
+    let w1 = ctx.float(1)?;
+    let wd = dw.weight.to_float(ctx.device)?;
+    if x.rank() != 4 || w1.rank() != 4 || wd.rank() != 4 {
+        fail!(
+            "expand+depthwise: 2-D convolutions only; input {:?}, weights {:?} and {:?}",
+            x.dims(),
+            w1.dims(),
+            wd.dims()
+        );
+    }
+    let (_, c, h, w) = x.dims4()?;
+    let (e, ci, kh, kw) = w1.dims4()?;
+    let (_, _, dkh, dkw) = wd.dims4()?;
+    let sp1 = spatial(ctx, Some([kh, kw]), [h, w], false)?;
+    if ctx.attr_i("group", 1) != 1
+        || ci != c
+        || [kh, kw] != [1, 1]
+        || sp1.k != [1, 1]
+        || sp1.s != [1, 1]
+        || sp1.d != [1, 1]
+        || sp1.pads != [0; 4]
+    {
+        fail!("expand+depthwise: the first Conv is not a 1x1 conv with stride 1 and no padding");
+    }
+    let dctx = Ctx {
+        node: dw.node,
+        inputs: vec![None, Some(dw.weight.clone()), dw.bias.clone()],
+        device: ctx.device,
+        opset: ctx.opset,
+        outputs_needed: vec![true],
+        activation: dw.activation,
+        residual: None,
+        depthwise: None,
+    };
+    if dctx.attr_i("group", 1) != e as i64 {
+        fail!("expand+depthwise: the second Conv is not depthwise over {e} channels");
+    }
+    let sp = spatial(&dctx, Some([dkh, dkw]), [h, w], false)?;
+    if sp.k != [dkh, dkw] {
+        fail!(
+            "kernel_shape {:?} does not match the weight {:?}",
+            sp.k,
+            wd.dims()
+        );
+    }
+    let ek = [sp.d[0] * (dkh - 1) + 1, sp.d[1] * (dkw - 1) + 1];
+    let geom = ConvGeom {
+        k: sp.k,
+        s: sp.s,
+        d: sp.d,
+        pad: [sp.pads[0], sp.pads[1]],
+        out: [
+            out_size(h, sp.pads[0] + sp.pads[2], ek[0], sp.s[0], false)?,
+            out_size(w, sp.pads[1] + sp.pads[3], ek[1], sp.s[1], false)?,
+        ],
+    };
+    let b1 = ctx.opt(2).map(|b| b.to_float(ctx.device)).transpose()?;
+    let bd = dw
+        .bias
+        .as_ref()
+        .map(|b| b.to_float(ctx.device))
+        .transpose()?;
+    f(super::expand_dw::expand_depthwise(
+        &x,
+        &w1,
+        b1.as_ref(),
+        ctx.activation,
+        &wd,
+        bd.as_ref(),
+        geom,
+        dw.activation,
+    )?)
+}
+
 fn conv(ctx: &Ctx) -> R<Vec<Value>> {
+    if let Some(dw) = &ctx.depthwise {
+        return expand_depthwise(ctx, dw);
+    }
     let mut x = ctx.float(0)?;
     let mut w = ctx.float(1)?;
     let mut residual = ctx

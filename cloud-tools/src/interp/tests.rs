@@ -1182,3 +1182,80 @@ fn interp_export_into_round_trips_through_tract() {
     assert!(d_new < 1e-4);
     assert!(d_old > 1e-3, "the change had no effect");
 }
+
+/// The MobileNetV2 fixture with its expansion 1x1 and depthwise convs
+/// fused (`expand_dw`) gives the logits and the gradients of every
+/// initializer that the unfused path gives, and the fusion fires once per
+/// inverted residual block with an expansion.
+#[test]
+fn interp_mobilenet_expand_depthwise_fusion_matches_unfused() {
+    use std::sync::atomic::Ordering;
+
+    let path = fixture("oracle/fmnist_mobilenetv2.onnx");
+    let model = adaptivenet_onnx::load_model(&path).unwrap();
+    let g = model.graph.as_ref().unwrap();
+    let trainable: HashSet<String> = g
+        .initializer
+        .iter()
+        .filter(|t| t.data_type == 1)
+        .map(|t| t.name.clone())
+        .collect();
+    // expansion convs: 1x1 group-1 Convs read by a Clip that a depthwise
+    // Conv reads
+    let producer = |name: &str| g.node.iter().find(|n| n.output.iter().any(|o| o == name));
+    let expansions = g
+        .node
+        .iter()
+        .filter(|n| {
+            n.op_type == "Conv"
+                && n.attribute.iter().any(|a| a.name == "group" && a.i > 1)
+                && producer(&n.input[0]).is_some_and(|clip| {
+                    clip.op_type == "Clip"
+                        && producer(&clip.input[0]).is_some_and(|c| c.op_type == "Conv")
+                })
+        })
+        .count();
+    assert!(expansions >= 3, "only {expansions} expansion blocks");
+    let (inp, out) = (input_name(&model), output_name(&model));
+    let shape = [5usize, 1, 28, 28];
+    let x = Tensor::from_vec(
+        rand_vec(shape.iter().product(), 91),
+        shape.as_slice(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let run = |fuse: bool| {
+        let mut interp = Interpreter::new(&model, &trainable, &Device::Cpu).unwrap();
+        interp.fuse_expand_depthwise = fuse;
+        let y = interp
+            .forward(&[(inp.as_str(), x.clone())], &[out.as_str()])
+            .unwrap()
+            .remove(0);
+        let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let grads: Vec<(String, Vec<f32>)> = interp
+            .named_vars()
+            .iter()
+            .filter_map(|(name, v)| Some((name.clone(), to_vec(grads.get(v.as_tensor())?))))
+            .collect();
+        let fused = interp.expand_depthwise_runs.load(Ordering::Relaxed);
+        (to_vec(&y), grads, fused)
+    };
+    let (y1, g1, fused) = run(true);
+    let (y2, g2, unfused) = run(false);
+    assert_eq!(fused, expansions, "fused expansion + depthwise pairs");
+    assert_eq!(unfused, 0);
+    let scale = y2.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let d = max_abs_diff(&y1, &y2);
+    assert!(d < 1e-5 * scale, "logits differ by {d} (scale {scale})");
+    assert_eq!(g1.len(), g2.len());
+    assert!(g1.len() >= 3 * expansions, "{} gradients", g1.len());
+    for ((name, a), (name2, b)) in g1.iter().zip(&g2) {
+        assert_eq!(name, name2);
+        let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        let d = max_abs_diff(a, b);
+        assert!(
+            d < 1e-4 * scale,
+            "{name}: gradients differ by {d} (scale {scale})"
+        );
+    }
+}
