@@ -22,6 +22,8 @@
 # Linkers and runners: .cargo/config.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/cross-env.sh
+. scripts/cross-env.sh
 PROFILE="${PROFILE:-board}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/adaptivenet/target-cross}"
 mkdir -p "$CARGO_TARGET_DIR"
@@ -42,18 +44,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-installed=$(rustup target list --installed)
 built=()
 for t in "${targets[@]}"; do
-  if ! grep -qx "$t" <<<"$installed" && ! rustup target add "$t" >/dev/null 2>&1; then
-    if [ "$t" = armv7-unknown-linux-musleabihf ]; then
-      echo "cross-build: rustup has no rust-std for $t here; building armv7-unknown-linux-gnueabihf with a static glibc instead" >&2
-      t=armv7-unknown-linux-gnueabihf
-      grep -qx "$t" <<<"$installed" || rustup target add "$t"
-    else
-      echo "cross-build: rustup target add $t failed" >&2; exit 1
-    fi
-  fi
+  t=$(board_target "$t" cross-build)
   t0=$(date +%s)
   nice -n 10 cargo build --locked --profile "$PROFILE" --target "$t" -p adaptivenet-daemon --bin adaptived
   echo "cross-build: $t built in $(( $(date +%s) - t0 )) s"

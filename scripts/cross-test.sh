@@ -6,7 +6,7 @@
 #
 # TARGET armv7-unknown-linux-musleabihf falls back to
 # armv7-unknown-linux-gnueabihf + crt-static when rustup has no musleabihf
-# std, as scripts/cross-build.sh does. Run scripts/cross-build.sh once first
+# std (scripts/cross-env.sh, shared with scripts/cross-build.sh). Run scripts/cross-build.sh once first
 # on a fresh machine (it installs the cross gcc and qemu-user).
 #
 # Profile `test` (dev + dependencies at opt-level 3, Cargo.toml), in
@@ -23,23 +23,16 @@
 # non-zero if a build or a test fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/cross-env.sh
+. scripts/cross-env.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/adaptivenet/target-cross}"
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(aarch64-unknown-linux-musl)
-installed=$(rustup target list --installed)
 QEMU_CPU_SET="${QEMU_CPU:-}"
 status=0
 summary=()
 for t in "${targets[@]}"; do
-  if ! grep -qx "$t" <<<"$installed" && ! rustup target add "$t" >/dev/null 2>&1; then
-    if [ "$t" = armv7-unknown-linux-musleabihf ]; then
-      echo "cross-test: rustup has no rust-std for $t here; testing armv7-unknown-linux-gnueabihf (crt-static) instead" >&2
-      t=armv7-unknown-linux-gnueabihf
-      grep -qx "$t" <<<"$installed" || rustup target add "$t"
-    else
-      echo "cross-test: rustup target add $t failed" >&2; exit 1
-    fi
-  fi
+  t=$(board_target "$t" cross-test)
   case "$t" in
     aarch64-*) runner=qemu-aarch64; export QEMU_CPU="${QEMU_CPU_SET:-cortex-a72}" ;;
     armv7-*) runner=qemu-arm; export QEMU_CPU="${QEMU_CPU_SET:-cortex-a7}" ;;
