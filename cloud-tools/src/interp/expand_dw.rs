@@ -109,8 +109,8 @@ struct Params<'a> {
 /// The expansion is computed directly in the depthwise's padded phase
 /// form: a 1x1 conv commutes with moving positions, so the sample's input
 /// (C planes) is split into phase form and the GEMM runs over phase-form
-/// positions, giving the E expanded planes already split (4x fewer planes
-/// to split than the expansion's, and none to unsplit backward). Padding
+/// positions, giving the E expanded planes already split (C planes to
+/// split instead of E, and none to unsplit backward). Padding
 /// positions are then zeroed (the GEMM put act1(bias) there).
 struct Block<'a> {
     p: Params<'a>,

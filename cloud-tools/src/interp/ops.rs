@@ -902,6 +902,40 @@ struct Spatial {
     pads: [usize; 4],
 }
 
+impl Spatial {
+    /// The kernel's extent with dilation, per axis.
+    fn extent(&self) -> [usize; 2] {
+        [
+            self.d[0] * (self.k[0] - 1) + 1,
+            self.d[1] * (self.k[1] - 1) + 1,
+        ]
+    }
+
+    /// The geometry of a Conv whose weight `weight` has the spatial kernel
+    /// `k`, on an `in_hw` input (floor output sizes); an error if the
+    /// node's `kernel_shape` disagrees with the weight.
+    fn conv_geom(&self, k: [usize; 2], in_hw: [usize; 2], weight: &[usize]) -> R<ConvGeom> {
+        if self.k != k {
+            fail!(
+                "kernel_shape {:?} does not match the weight {weight:?}",
+                self.k
+            );
+        }
+        let ek = self.extent();
+        let [pt, pl, pb, pr] = self.pads;
+        Ok(ConvGeom {
+            k: self.k,
+            s: self.s,
+            d: self.d,
+            pad: [pt, pl],
+            out: [
+                out_size(in_hw[0], pt + pb, ek[0], self.s[0], false)?,
+                out_size(in_hw[1], pl + pr, ek[1], self.s[1], false)?,
+            ],
+        })
+    }
+}
+
 fn two(v: &[i64], name: &str) -> R<[usize; 2]> {
     match v {
         [a, b] if *a >= 1 && *b >= 1 => Ok([*a as usize, *b as usize]),
@@ -1060,25 +1094,11 @@ fn expand_depthwise(ctx: &Ctx, dw: &DepthwiseStage) -> R<Vec<Value>> {
     if dctx.attr_i("group", 1) != e as i64 {
         fail!("expand+depthwise: the second Conv is not depthwise over {e} channels");
     }
-    let sp = spatial(&dctx, Some([dkh, dkw]), [h, w], false)?;
-    if sp.k != [dkh, dkw] {
-        fail!(
-            "kernel_shape {:?} does not match the weight {:?}",
-            sp.k,
-            wd.dims()
-        );
-    }
-    let ek = [sp.d[0] * (dkh - 1) + 1, sp.d[1] * (dkw - 1) + 1];
-    let geom = ConvGeom {
-        k: sp.k,
-        s: sp.s,
-        d: sp.d,
-        pad: [sp.pads[0], sp.pads[1]],
-        out: [
-            out_size(h, sp.pads[0] + sp.pads[2], ek[0], sp.s[0], false)?,
-            out_size(w, sp.pads[1] + sp.pads[3], ek[1], sp.s[1], false)?,
-        ],
-    };
+    let geom = spatial(&dctx, Some([dkh, dkw]), [h, w], false)?.conv_geom(
+        [dkh, dkw],
+        [h, w],
+        wd.dims(),
+    )?;
     let b1 = ctx.opt(2).map(|b| b.to_float(ctx.device)).transpose()?;
     let bd = dw
         .bias
@@ -1131,28 +1151,11 @@ fn conv(ctx: &Ctx) -> R<Vec<Value>> {
         );
     }
     let sp = spatial(ctx, Some([kh, kw]), [h, wd], one_d)?;
-    if sp.k != [kh, kw] {
-        fail!(
-            "kernel_shape {:?} does not match the weight {:?}",
-            sp.k,
-            w.dims()
-        );
-    }
-    let ek = [sp.d[0] * (kh - 1) + 1, sp.d[1] * (kw - 1) + 1];
-    let out = [
-        out_size(h, sp.pads[0] + sp.pads[2], ek[0], sp.s[0], false)?,
-        out_size(wd, sp.pads[1] + sp.pads[3], ek[1], sp.s[1], false)?,
-    ];
+    let geom = sp.conv_geom([kh, kw], [h, wd], w.dims())?;
+    let (ek, out) = (sp.extent(), geom.out);
     let depthwise_shape = group == c && ci == 1 && o == c && group > 1;
     let mut y = if x.device().is_cpu() && (group == 1 || depthwise_shape) {
         // Dedicated CPU kernels: exact for any padding, stride and dilation.
-        let geom = ConvGeom {
-            k: sp.k,
-            s: sp.s,
-            d: sp.d,
-            pad: [sp.pads[0], sp.pads[1]],
-            out,
-        };
         let b = ctx.opt(2).map(|b| b.to_float(ctx.device)).transpose()?;
         let act = ctx.activation;
         let y = match &residual {
@@ -1297,7 +1300,7 @@ fn pool(ctx: &Ctx, kind: PoolKind) -> R<Vec<Value>> {
     let sp = spatial(ctx, None, [h, w], one_d)?;
     let ceil = ctx.attr_i("ceil_mode", 0) != 0;
     let include_pad = ctx.attr_i("count_include_pad", 0) != 0;
-    let ek = [sp.d[0] * (sp.k[0] - 1) + 1, sp.d[1] * (sp.k[1] - 1) + 1];
+    let ek = sp.extent();
     let [pt, pl, pb, pr] = sp.pads;
     let mut out = [
         out_size(h, pt + pb, ek[0], sp.s[0], ceil)?,
